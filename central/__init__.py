@@ -1,0 +1,1 @@
+"""edgeward central: node streams, exactly-once usage ingest, decisions."""

@@ -1,0 +1,8 @@
+"""edgeward: an agent-first control plane for VPN fleets."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("edgeward")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"

@@ -1,0 +1,1 @@
+"""edgeward's internal certificate authority (a pure library; the CLI is thin)."""

@@ -45,8 +45,12 @@ def generate(out_dir: Path) -> None:
         f"--python_betterproto2_opt={PLUGIN_OPTIONS}",
         *PROTO_FILES,
     ]
+    # the plugin formats its output with ruff; use the one beside this interpreter
     env = dict(os.environ)
-    subprocess.run(cmd, check=True, cwd=HERE, env=env, stdout=subprocess.DEVNULL)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    done = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"protoc failed ({done.returncode}):\n{done.stderr}")
 
 
 if __name__ == "__main__":

@@ -41,14 +41,10 @@ betterproto2.check_compiler_version(_COMPILER_VERSION)
 
 @dataclass(eq=False, repr=False)
 class AddUserOperation(betterproto2.Message):
-    user: "User | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    user: "User | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "edgeward.core", "AddUserOperation", AddUserOperation
-)
+default_message_pool.register_message("edgeward.core", "AddUserOperation", AddUserOperation)
 
 
 @dataclass(eq=False, repr=False)
@@ -64,9 +60,7 @@ class AlterInboundRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "edgeward.core", "AlterInboundRequest", AlterInboundRequest
-)
+default_message_pool.register_message("edgeward.core", "AlterInboundRequest", AlterInboundRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -74,9 +68,7 @@ class AlterInboundResponse(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message(
-    "edgeward.core", "AlterInboundResponse", AlterInboundResponse
-)
+default_message_pool.register_message("edgeward.core", "AlterInboundResponse", AlterInboundResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -97,9 +89,7 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class GetInboundUserResponse(betterproto2.Message):
-    users: "list[User]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    users: "list[User]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
 default_message_pool.register_message(
@@ -130,9 +120,7 @@ class InboundHandlerConfig(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "edgeward.core", "InboundHandlerConfig", InboundHandlerConfig
-)
+default_message_pool.register_message("edgeward.core", "InboundHandlerConfig", InboundHandlerConfig)
 
 
 @dataclass(eq=False, repr=False)
@@ -144,9 +132,7 @@ class ListInboundsRequest(betterproto2.Message):
     is_only_tags: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message(
-    "edgeward.core", "ListInboundsRequest", ListInboundsRequest
-)
+default_message_pool.register_message("edgeward.core", "ListInboundsRequest", ListInboundsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -156,9 +142,7 @@ class ListInboundsResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "edgeward.core", "ListInboundsResponse", ListInboundsResponse
-)
+default_message_pool.register_message("edgeward.core", "ListInboundsResponse", ListInboundsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -172,9 +156,7 @@ class QueryStatsRequest(betterproto2.Message):
     reset: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message(
-    "edgeward.core", "QueryStatsRequest", QueryStatsRequest
-)
+default_message_pool.register_message("edgeward.core", "QueryStatsRequest", QueryStatsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -182,9 +164,7 @@ class QueryStatsResponse(betterproto2.Message):
     stat: "list[Stat]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
-default_message_pool.register_message(
-    "edgeward.core", "QueryStatsResponse", QueryStatsResponse
-)
+default_message_pool.register_message("edgeward.core", "QueryStatsResponse", QueryStatsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -192,9 +172,7 @@ class RemoveUserOperation(betterproto2.Message):
     email: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "edgeward.core", "RemoveUserOperation", RemoveUserOperation
-)
+default_message_pool.register_message("edgeward.core", "RemoveUserOperation", RemoveUserOperation)
 
 
 @dataclass(eq=False, repr=False)
@@ -234,9 +212,7 @@ class ShadowsocksAccount(betterproto2.Message):
     iv_check: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message(
-    "edgeward.core", "ShadowsocksAccount", ShadowsocksAccount
-)
+default_message_pool.register_message("edgeward.core", "ShadowsocksAccount", ShadowsocksAccount)
 
 
 @dataclass(eq=False, repr=False)
@@ -254,9 +230,7 @@ class SysStatsRequest(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message(
-    "edgeward.core", "SysStatsRequest", SysStatsRequest
-)
+default_message_pool.register_message("edgeward.core", "SysStatsRequest", SysStatsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -282,9 +256,7 @@ class SysStatsResponse(betterproto2.Message):
     uptime: "int" = betterproto2.field(10, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message(
-    "edgeward.core", "SysStatsResponse", SysStatsResponse
-)
+default_message_pool.register_message("edgeward.core", "SysStatsResponse", SysStatsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -311,9 +283,7 @@ class User(betterproto2.Message):
 
     email: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    account: "TypedMessage | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    account: "TypedMessage | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("edgeward.core", "User", User)

@@ -203,9 +203,7 @@ class AppliedReport(betterproto2.Message):
 
     users_applied: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
 
-    errors: "list[ApplyError]" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    errors: "list[ApplyError]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
 default_message_pool.register_message("edgeward.v1", "AppliedReport", AppliedReport)
@@ -301,13 +299,9 @@ class DesiredChange(betterproto2.Message):
 
     base_revision: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
 
-    upserts: "list[UserSpec]" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    upserts: "list[UserSpec]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    removed_user_ids: "list[str]" = betterproto2.field(
-        4, betterproto2.TYPE_STRING, repeated=True
-    )
+    removed_user_ids: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message("edgeward.v1", "DesiredChange", DesiredChange)
@@ -317,9 +311,7 @@ default_message_pool.register_message("edgeward.v1", "DesiredChange", DesiredCha
 class DesiredSnapshot(betterproto2.Message):
     revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
 
-    users: "list[UserSpec]" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    users: "list[UserSpec]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
 default_message_pool.register_message("edgeward.v1", "DesiredSnapshot", DesiredSnapshot)
@@ -327,9 +319,7 @@ default_message_pool.register_message("edgeward.v1", "DesiredSnapshot", DesiredS
 
 @dataclass(eq=False, repr=False)
 class Enforcement(betterproto2.Message):
-    commands: "list[Command]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    commands: "list[Command]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
 default_message_pool.register_message("edgeward.v1", "Enforcement", Enforcement)
@@ -366,9 +356,7 @@ class GetStatusRequest(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message(
-    "edgeward.v1", "GetStatusRequest", GetStatusRequest
-)
+default_message_pool.register_message("edgeward.v1", "GetStatusRequest", GetStatusRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -382,9 +370,7 @@ class GetStatusResponse(betterproto2.Message):
     users_total: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
 
 
-default_message_pool.register_message(
-    "edgeward.v1", "GetStatusResponse", GetStatusResponse
-)
+default_message_pool.register_message("edgeward.v1", "GetStatusResponse", GetStatusResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -449,9 +435,7 @@ default_message_pool.register_message("edgeward.v1", "Lease", Lease)
 
 @dataclass(eq=False, repr=False)
 class LeaseGrant(betterproto2.Message):
-    leases: "list[Lease]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    leases: "list[Lease]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
 default_message_pool.register_message("edgeward.v1", "LeaseGrant", LeaseGrant)
@@ -592,9 +576,7 @@ class UsageBatch(betterproto2.Message):
     Deltas with strictly increasing seqs.
     """
 
-    deltas: "list[UsageDelta]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    deltas: "list[UsageDelta]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
 default_message_pool.register_message("edgeward.v1", "UsageBatch", UsageBatch)
@@ -681,9 +663,7 @@ class WireguardPeer(betterproto2.Message):
     base64
     """
 
-    allowed_ips: "list[str]" = betterproto2.field(
-        3, betterproto2.TYPE_STRING, repeated=True
-    )
+    allowed_ips: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
 
     preshared_key: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
     """

@@ -8,6 +8,7 @@ Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -34,14 +35,12 @@ class Notifier:
         if self._socket is None:
             return
         payload = "\n".join(f"{key}={value}" for key, value in fields.items())
-        try:
+        # systemd gone or socket full: notification is best effort, serving is not
+        with contextlib.suppress(OSError):
             self._socket.sendto(payload.encode(), self._address)
-        except OSError:
-            # systemd gone or socket full: notification is best effort, serving is not
-            pass
 
     def ready(self, status: str = "") -> None:
-        self.send(READY=1, STATUS=status) if status else self.send(READY=1)
+        self.send(READY=1, **({"STATUS": status} if status else {}))
 
     def status(self, text: str) -> None:
         self.send(STATUS=text)
@@ -53,7 +52,7 @@ class Notifier:
         self.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
 
     def stopping(self, status: str = "") -> None:
-        self.send(STOPPING=1, STATUS=status) if status else self.send(STOPPING=1)
+        self.send(STOPPING=1, **({"STATUS": status} if status else {}))
 
     def close(self) -> None:
         if self._socket is not None:

@@ -1,0 +1,235 @@
+"""Monotonic usage deltas from cumulative traffic counters (pure logic, no I/O).
+
+The agent reads every counter with ``reset=false`` and keeps the previous
+reading of each counter (its *baseline*) in the journal. A delta is the
+difference between the new reading and the baseline; it is journalled together
+with the new baselines in one transaction, so a crash either loses both or
+keeps both and no byte is counted twice or lost.
+
+Counters are keyed by ``(engine, epoch, counter name)``:
+
+* engine ``"proxy"`` (Xray-core / v2ray): the core's own stat names,
+  ``user>>>EMAIL>>>traffic>>>uplink`` and ``...>>>downlink``;
+* engine ``"wireguard"``: ``wg>>>IFACE>>>PUBKEY>>>rx`` and ``...>>>tx`` with the
+  peer's base64 public key. Seen from the server, ``rx`` is what the peer sent
+  (the user's uplink) and ``tx`` what it received (the user's downlink).
+
+An *epoch* is one lifetime of the counters: a core restart or a re-created
+WireGuard interface starts every counter again from zero, and the caller
+starts a new epoch. Baselines of another epoch are never subtracted from
+readings of this one.
+
+Rules (DESIGN.md section 2):
+
+* A missing counter reads as 0: counters appear lazily at a user's first
+  connection, and a removed WireGuard peer loses its counters.
+* The first reading of a counter in an epoch is entirely traffic of that
+  epoch, so it is the delta.
+* A counter that goes *down* inside an epoch was reset without us noticing a
+  new epoch (an unseen core restart, a peer removed and re-added between two
+  samples). We take 0 as its new baseline and count the new value in full:
+  the new value is traffic since the reset, and counting it is exact for
+  everything after the reset. The alternative (skip the sample) would drop
+  that traffic for good. What moved between our last sample and the reset is
+  unknowable either way.
+* Negative readings are refused (``CounterError``): a counter is a byte count.
+* Zero deltas are not produced; baselines of zero are not kept (0 is the
+  default).
+* Counters no user owns (a removed user whose connections are still open,
+  an email no longer in the desired state) still advance their baselines, so
+  their traffic is never counted later under someone else; the bytes are
+  reported back as ``unattributed`` for logs and metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+ENGINE_PROXY = "proxy"
+ENGINE_WIREGUARD = "wireguard"
+ENGINES = (ENGINE_PROXY, ENGINE_WIREGUARD)
+
+Direction = Literal["uplink", "downlink"]
+UPLINK: Direction = "uplink"
+DOWNLINK: Direction = "downlink"
+
+SEP = ">>>"
+_PROXY_DIRECTIONS: dict[str, Direction] = {"uplink": UPLINK, "downlink": DOWNLINK}
+# Seen from the server: rx is what the peer sent (uplink), tx what it got.
+_WG_DIRECTIONS: dict[str, Direction] = {"rx": UPLINK, "tx": DOWNLINK}
+
+
+class CounterError(ValueError):
+    """A counter reading that cannot be a byte count."""
+
+
+@dataclass(frozen=True, slots=True)
+class CounterOwner:
+    """Whose traffic a counter measures, and which way."""
+
+    user_id: str
+    direction: Direction
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Traffic of one user on one engine in one epoch since the last sample."""
+
+    user_id: str
+    engine: str
+    epoch: str
+    uplink: int
+    downlink: int
+
+    @property
+    def total(self) -> int:
+        return self.uplink + self.downlink
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The result of one sampling step.
+
+    ``baselines`` is the complete baseline set of ``(engine, epoch)`` after
+    this sample (counter name -> last reading, zeros left out); the journal
+    stores it in the same transaction as ``deltas``.
+    """
+
+    engine: str
+    epoch: str
+    deltas: tuple[Delta, ...]
+    baselines: dict[str, int]
+    unattributed: dict[str, int]
+
+
+Resolver = Callable[[str], CounterOwner | None]
+
+
+def proxy_counter(email: str, direction: Direction) -> str:
+    """The core's stat name of a user's uplink or downlink counter."""
+    return f"user{SEP}{email}{SEP}traffic{SEP}{direction}"
+
+
+def wg_counter(interface: str, public_key: str, which: Literal["rx", "tx"]) -> str:
+    """Our name of a WireGuard peer's rx or tx byte counter."""
+    return f"wg{SEP}{interface}{SEP}{public_key}{SEP}{which}"
+
+
+def parse_proxy_counter(name: str) -> tuple[str, Direction] | None:
+    """``user>>>EMAIL>>>traffic>>>uplink`` -> (EMAIL, "uplink"); other stats -> None."""
+    parts = name.split(SEP)
+    if len(parts) != 4 or parts[0] != "user" or parts[2] != "traffic":
+        return None
+    direction = _PROXY_DIRECTIONS.get(parts[3])
+    return None if direction is None else (parts[1], direction)
+
+
+def parse_wg_counter(name: str) -> tuple[str, str, Direction] | None:
+    """``wg>>>IFACE>>>KEY>>>rx`` -> (IFACE, KEY, "uplink"); anything else -> None."""
+    parts = name.split(SEP)
+    if len(parts) != 4 or parts[0] != "wg":
+        return None
+    direction = _WG_DIRECTIONS.get(parts[3])
+    return None if direction is None else (parts[1], parts[2], direction)
+
+
+def proxy_resolver(user_by_email: Mapping[str, str]) -> Resolver:
+    """Map core stat names to users through the core-side key, the email."""
+
+    def resolve(name: str) -> CounterOwner | None:
+        parsed = parse_proxy_counter(name)
+        if parsed is None:
+            return None
+        user_id = user_by_email.get(parsed[0])
+        return None if user_id is None else CounterOwner(user_id, parsed[1])
+
+    return resolve
+
+
+def wg_resolver(user_by_peer: Mapping[tuple[str, str], str]) -> Resolver:
+    """Map WireGuard counter names to users through (interface, public key)."""
+
+    def resolve(name: str) -> CounterOwner | None:
+        parsed = parse_wg_counter(name)
+        if parsed is None:
+            return None
+        user_id = user_by_peer.get((parsed[0], parsed[1]))
+        return None if user_id is None else CounterOwner(user_id, parsed[2])
+
+    return resolve
+
+
+def _check_count(kind: str, name: str, value: object) -> int:
+    # bool is an int subclass; a True byte count is a bug upstream.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CounterError(f"{kind} {name!r} is not an integer: {value!r}")
+    if value < 0:
+        raise CounterError(f"{kind} {name!r} is negative: {value}")
+    return value
+
+
+def compute_deltas(
+    baselines: Mapping[str, int],
+    readings: Mapping[str, int],
+    *,
+    engine: str,
+    epoch: str,
+    resolve: Resolver,
+) -> Sample:
+    """Deltas of one engine's counters against its baselines.
+
+    ``baselines`` must be the baselines of ``(engine, epoch)``: pass an empty
+    mapping when ``epoch`` is new (the journal's ``baselines(engine, epoch)``
+    does that). ``readings`` is one full reading of the engine's counters
+    (counter name -> cumulative bytes). Nothing is mutated.
+    """
+    for name, value in baselines.items():
+        _check_count("baseline", name, value)
+    for name, value in readings.items():
+        _check_count("counter", name, value)
+
+    new_baselines: dict[str, int] = {}
+    unattributed: dict[str, int] = {}
+    per_user: dict[str, list[int]] = {}
+    # A counter in the baselines but not in the readings reads 0: it drops its
+    # baseline (below), so a counter that comes back is counted from zero.
+    for name, value in readings.items():
+        previous = baselines.get(name, 0)
+        moved = value - previous if value >= previous else value  # reset: count from 0
+        if value:
+            new_baselines[name] = value
+        if not moved:
+            continue
+        owner = resolve(name)
+        if owner is None:
+            unattributed[name] = moved
+            continue
+        sums = per_user.setdefault(owner.user_id, [0, 0])
+        sums[0 if owner.direction == UPLINK else 1] += moved
+
+    deltas = tuple(
+        Delta(user_id, engine, epoch, up, down)
+        for user_id, (up, down) in sorted(per_user.items())
+        if up or down
+    )
+    return Sample(engine, epoch, deltas, new_baselines, unattributed)
+
+
+def next_epoch(previous: str | None) -> str:
+    """The next epoch id of an engine: "1", "2", ... (unique per node and engine
+    as long as the journal lives; central keys usage by it, never parses it)."""
+    if previous is None:
+        return "1"
+    try:
+        return str(int(previous) + 1)
+    except ValueError:
+        raise CounterError(f"epoch {previous!r} is not one this agent made") from None
+
+
+def core_restarted(previous_uptime_s: int | None, uptime_s: int) -> bool:
+    """The proxy core restarted when its uptime (GetSysStats) went down."""
+    if uptime_s < 0:
+        raise CounterError(f"core uptime is negative: {uptime_s}")
+    return previous_uptime_s is not None and uptime_s < previous_uptime_s

@@ -1,0 +1,247 @@
+"""The journal's SQLite schema, its migrations, and opening the file safely.
+
+A journal file is only ever created by us, atomically (built beside the target
+and renamed into place), so an existing file at the journal path must be a
+readable edgeward journal. Anything else (not SQLite, truncated, damaged, of a
+newer schema, another program's database) is a startup error that names the
+path and the reason and leaves the file exactly as it was: replacing it would
+silently forget unsent traffic and the counter baselines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+
+# 'EWJ1': marks an edgeward agent journal (PRAGMA application_id).
+APPLICATION_ID = 0x45574A31
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# One entry per schema version: MIGRATIONS[i] takes user_version i to i + 1.
+# Append only; never edit a step that has shipped.
+MIGRATIONS: list[str] = [
+    # 1: desired/applied state, epochs, counter baselines, the usage outbox.
+    f"""
+    PRAGMA application_id = {APPLICATION_ID};
+    CREATE TABLE seqs (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        high INTEGER NOT NULL,        -- highest seq ever given out; never goes down
+        acked INTEGER NOT NULL,       -- highest seq central acknowledged
+        handed_out INTEGER NOT NULL   -- highest seq pending() returned (maybe sent)
+    );
+    INSERT INTO seqs (id, high, acked, handed_out) VALUES (1, 0, 0, 0);
+    CREATE TABLE desired (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        revision INTEGER NOT NULL,
+        snapshot BLOB NOT NULL        -- serialized edgeward.v1.DesiredSnapshot
+    );
+    CREATE TABLE applied (
+        engine TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        state TEXT NOT NULL,          -- JSON, owned by the engine's driver
+        PRIMARY KEY (engine, user_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE epochs (
+        engine TEXT PRIMARY KEY,
+        epoch TEXT NOT NULL,
+        started_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE baselines (
+        engine TEXT NOT NULL,
+        epoch TEXT NOT NULL,
+        counter TEXT NOT NULL,
+        value INTEGER NOT NULL CHECK (value > 0),  -- absent means 0
+        PRIMARY KEY (engine, epoch, counter)
+    ) WITHOUT ROWID;
+    -- (user, engine, epoch) interned: outbox rows stay ~20 bytes.
+    CREATE TABLE streams (
+        id INTEGER PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        engine TEXT NOT NULL,
+        epoch TEXT NOT NULL,
+        UNIQUE (user_id, engine, epoch)
+    );
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY,
+        stream INTEGER NOT NULL,
+        uplink INTEGER NOT NULL CHECK (uplink >= 0),
+        downlink INTEGER NOT NULL CHECK (downlink >= 0),
+        sampled_at_ms INTEGER NOT NULL
+    );
+    """,
+    # 2: local enforcement, quota leases, decisions not yet reported.
+    """
+    CREATE TABLE enforcement (
+        user_id TEXT PRIMARY KEY,
+        suspended INTEGER NOT NULL CHECK (suspended IN (0, 1)),
+        reason INTEGER NOT NULL,      -- edgeward.v1.Reason
+        decided_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE leases (
+        user_id TEXT PRIMARY KEY,
+        lease_id INTEGER NOT NULL,
+        granted INTEGER NOT NULL CHECK (granted >= 0),
+        used INTEGER NOT NULL CHECK (used >= 0)
+    ) WITHOUT ROWID;
+    CREATE TABLE local_decisions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id TEXT NOT NULL,
+        action INTEGER NOT NULL,      -- edgeward.v1.Action
+        reason INTEGER NOT NULL,      -- edgeward.v1.Reason
+        decided_at_ms INTEGER NOT NULL
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class JournalError(Exception):
+    """The journal cannot be used; names the file and says why."""
+
+    def __init__(self, path: os.PathLike[str] | str, reason: str) -> None:
+        super().__init__(f"journal {os.fspath(path)}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+class JournalFullError(JournalError):
+    """A write failed for lack of space; the transaction was rolled back."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE / COMMIT).
+    # check_same_thread=False: trio.to_thread may use any worker thread, and
+    # the Journal's lock makes sure only one uses the connection at a time.
+    return sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
+
+
+def migrate(conn: sqlite3.Connection, path: Path, target: int = SCHEMA_VERSION) -> None:
+    """Run the missing migration steps, each in its own transaction together
+    with its user_version bump (a crash leaves a whole version or none)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for step in range(version, target):
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _statements(MIGRATIONS[step]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {step + 1}")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise JournalError(path, f"migration to schema {step + 1} failed: {exc}") from exc
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT on its own; split so the step stays one
+    # transaction. complete_statement() knows about comments and literals.
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not all(
+        not ln.strip() or ln.strip().startswith("--") for ln in buffer.splitlines()
+    ):
+        raise ValueError(f"unterminated SQL in migration: {buffer.strip()[:80]!r}")
+    return statements
+
+
+def open_connection(path: os.PathLike[str] | str) -> sqlite3.Connection:
+    """Open (or create) the journal at ``path`` and bring its schema up to date."""
+    path = Path(path)
+    if path.is_dir():
+        raise JournalError(path, "is a directory, not a journal file")
+    if not path.parent.is_dir():
+        raise JournalError(path, f"directory {path.parent} does not exist")
+    if not path.exists():
+        _create(path)
+    _check_header(path)
+    try:
+        conn = connect(path)
+    except sqlite3.Error as exc:
+        raise JournalError(path, f"cannot open: {exc}") from exc
+    try:
+        _check_contents(conn, path)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise JournalError(path, f"cannot switch to WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous = FULL")
+        migrate(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise JournalError(path, f"unreadable: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_header(path: Path) -> None:
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise JournalError(path, f"cannot read: {exc}") from exc
+    if not head:
+        raise JournalError(path, "file is empty (0 bytes); refusing to start over it")
+    if head != SQLITE_MAGIC:
+        raise JournalError(path, "not a SQLite database (bad header)")
+
+
+def _check_contents(conn: sqlite3.Connection, path: Path) -> None:
+    # Only reads here: nothing may be written before the file is known good.
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            path,
+            f"schema version {version} is newer than this agent knows ({SCHEMA_VERSION}); "
+            "run a newer agent or restore a matching journal",
+        )
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if app_id != APPLICATION_ID:
+        raise JournalError(path, f"not an edgeward journal (application_id {app_id:#x})")
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise JournalError(path, "damaged: " + "; ".join(problems))
+
+
+def _create(path: Path) -> None:
+    """Build a fresh journal beside ``path`` and rename it into place, so a
+    crash never leaves a half-made file at the journal path."""
+    building = path.with_name(path.name + ".creating")
+    for leftover in (building, *_sidecars(building)):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()  # our own half-built file from a crash
+    try:
+        conn = connect(building)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            migrate(conn, building)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        for sidecar in _sidecars(building):
+            with contextlib.suppress(FileNotFoundError):
+                sidecar.unlink()
+        _fsync(building)
+        os.rename(building, path)
+        _fsync(path.parent)
+    except (OSError, sqlite3.Error) as exc:
+        raise JournalError(path, f"cannot create: {exc}") from exc
+
+
+def _sidecars(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

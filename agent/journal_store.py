@@ -1,0 +1,467 @@
+"""The journal's synchronous storage layer: every SQL statement lives here.
+
+Used only through ``Journal`` (agent/journal.py), which runs each call on a
+worker thread under one lock; nothing here is thread-safe on its own.
+
+In-memory mirrors (current epoch and baselines per engine, interned
+(user, engine, epoch) stream ids, seq marks) are changed only after the
+transaction that writes them has committed, so a failed commit leaves memory
+and file agreeing on the previous state.
+
+Durability: transactions whose loss after a power cut could make us reuse a
+seq or count traffic twice (samples, seq hand-out marks, desired state,
+enforcement) commit with ``synchronous=FULL``: in WAL mode NORMAL does not
+fsync at commit, so a power loss could roll back a sample whose seq central
+already holds, and the next sample would reuse that seq for different bytes.
+Acks and compaction commit with NORMAL: losing one just brings back rows
+central will deduplicate, or rows that were never handed out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeward.agent.deltas import CounterError, Sample
+from edgeward.agent.journal_schema import JournalError, JournalFullError, open_connection
+
+StreamKey = tuple[str, str, str]  # (user_id, engine, epoch)
+
+
+class AckAheadError(JournalError):
+    """Central acknowledged a seq this journal never gave out."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelta:
+    """One outbox row, as the uplink sends it (edgeward.v1.UsageDelta)."""
+
+    seq: int
+    user_id: str
+    engine: str
+    epoch: str
+    uplink: int
+    downlink: int
+    sampled_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    rows: int
+    uplink: int
+    downlink: int
+    high_seq: int  # highest seq ever given out
+    acked_seq: int  # highest seq central acknowledged
+    handed_out_seq: int  # highest seq pending() returned
+
+
+@dataclass(frozen=True, slots=True)
+class CompactResult:
+    rows_before: int
+    rows_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnforcementState:
+    user_id: str
+    suspended: bool
+    reason: int  # edgeward.v1.Reason
+    decided_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDecision:
+    user_id: str
+    action: int  # edgeward.v1.Action
+    reason: int  # edgeward.v1.Reason
+    decided_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    user_id: str
+    lease_id: int
+    granted: int
+    used: int
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.granted - self.used)
+
+
+class JournalStore:
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._sync_full = True
+        self._epochs: dict[str, str] = dict(conn.execute("SELECT engine, epoch FROM epochs"))
+        self._baselines: dict[str, dict[str, int]] = {engine: {} for engine in self._epochs}
+        for engine, epoch, counter, value in conn.execute(
+            "SELECT engine, epoch, counter, value FROM baselines"
+        ):
+            if self._epochs.get(engine) == epoch:
+                self._baselines[engine][counter] = value
+        self._streams: dict[StreamKey, int] = {
+            (u, e, ep): i
+            for i, u, e, ep in conn.execute("SELECT id, user_id, engine, epoch FROM streams")
+        }
+        self._high, self._acked, self._handed_out = conn.execute(
+            "SELECT high, acked, handed_out FROM seqs"
+        ).fetchone()
+
+    @classmethod
+    def open(cls, path: str | Path) -> JournalStore:
+        path = Path(path)
+        conn = open_connection(path)
+        try:
+            return cls(path, conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise JournalError(path, f"unreadable: {exc}") from exc
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ------------------------------------------------------------ transactions
+
+    @contextlib.contextmanager
+    def _tx(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        try:
+            if durable != self._sync_full:
+                conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                self._sync_full = durable
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
+                raise JournalFullError(
+                    self.path, f"disk or size limit full, nothing written: {exc}"
+                ) from exc
+            raise JournalError(self.path, f"write failed, nothing written: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------ counters
+
+    def current_epoch(self, engine: str) -> str | None:
+        return self._epochs.get(engine)
+
+    def baselines(self, engine: str, epoch: str) -> dict[str, int]:
+        """Baselines to compute the next sample against: empty for a new epoch."""
+        if self._epochs.get(engine) != epoch:
+            return {}
+        return dict(self._baselines.get(engine, {}))
+
+    def commit_sample(self, sample: Sample, sampled_at_ms: int) -> tuple[int, int]:
+        """Store a sample's deltas and its new baselines in one transaction,
+        make ``sample.epoch`` the engine's current epoch, and charge the
+        deltas against the users' quota leases. Returns the seqs given to the
+        deltas as (first, last); (0, 0) when there were none."""
+        engine, epoch = sample.engine, sample.epoch
+        _validate_sample(sample)
+        new_epoch = self._epochs.get(engine) != epoch
+        old = {} if new_epoch else self._baselines.get(engine, {})
+        new = {name: value for name, value in sample.baselines.items() if value}
+        new_streams: dict[StreamKey, int] = {}
+        first = self._high + 1
+        with self._tx(durable=True) as conn:
+            if new_epoch:
+                conn.execute("DELETE FROM baselines WHERE engine = ?", (engine,))
+                conn.execute(
+                    "INSERT INTO epochs (engine, epoch, started_at_ms) VALUES (?, ?, ?) "
+                    "ON CONFLICT (engine) DO UPDATE SET epoch = excluded.epoch, "
+                    "started_at_ms = excluded.started_at_ms",
+                    (engine, epoch, sampled_at_ms),
+                )
+            conn.executemany(
+                "INSERT INTO baselines (engine, epoch, counter, value) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET value = excluded.value",
+                [(engine, epoch, n, v) for n, v in new.items() if old.get(n) != v],
+            )
+            conn.executemany(
+                "DELETE FROM baselines WHERE engine = ? AND epoch = ? AND counter = ?",
+                [(engine, epoch, n) for n in old if n not in new],
+            )
+            rows = []
+            charges: dict[str, int] = {}
+            for seq, delta in enumerate(sample.deltas, start=first):
+                key = (delta.user_id, engine, epoch)
+                stream = self._streams.get(key) or new_streams.get(key)
+                if stream is None:
+                    stream = conn.execute(
+                        "INSERT INTO streams (user_id, engine, epoch) VALUES (?, ?, ?)", key
+                    ).lastrowid
+                    assert stream is not None
+                    new_streams[key] = stream
+                rows.append((seq, stream, delta.uplink, delta.downlink, sampled_at_ms))
+                charges[delta.user_id] = charges.get(delta.user_id, 0) + delta.total
+            conn.executemany(
+                "INSERT INTO outbox (seq, stream, uplink, downlink, sampled_at_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.executemany(
+                "UPDATE leases SET used = used + ? WHERE user_id = ?",
+                [(amount, user) for user, amount in charges.items()],
+            )
+            last = first + len(rows) - 1
+            if rows:
+                conn.execute("UPDATE seqs SET high = ?", (last,))
+        # Committed: now memory may follow.
+        self._epochs[engine] = epoch
+        self._baselines[engine] = new
+        self._streams.update(new_streams)
+        if rows:
+            self._high = last
+            return first, last
+        return 0, 0
+
+    # ------------------------------------------------------------ outbox
+
+    def pending(self, after_seq: int, limit: int) -> list[PendingDelta]:
+        """Outbox rows with seq > after_seq, oldest first. Marks them handed
+        out (durably, before they can reach the wire): compaction never
+        merges a row central may already hold."""
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        rows = [
+            PendingDelta(*row)
+            for row in self._conn.execute(
+                "SELECT o.seq, s.user_id, s.engine, s.epoch, o.uplink, o.downlink, "
+                "o.sampled_at_ms FROM outbox o JOIN streams s ON s.id = o.stream "
+                "WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
+                (after_seq, limit),
+            )
+        ]
+        if rows and rows[-1].seq > self._handed_out:
+            with self._tx(durable=True) as conn:
+                conn.execute("UPDATE seqs SET handed_out = ?", (rows[-1].seq,))
+            self._handed_out = rows[-1].seq
+        return rows
+
+    def ack(self, seq: int) -> int:
+        """Central durably holds every seq <= ``seq``: drop those rows.
+        Idempotent; an older ack is a no-op. Returns the rows dropped."""
+        if seq > self._high:
+            raise AckAheadError(
+                self.path,
+                f"central acknowledged seq {seq} but this journal never went past "
+                f"{self._high} (was the journal replaced?)",
+            )
+        if seq <= self._acked:
+            return 0
+        with self._tx(durable=False) as conn:
+            dropped = conn.execute("DELETE FROM outbox WHERE seq <= ?", (seq,)).rowcount
+            conn.execute("UPDATE seqs SET acked = ?, handed_out = max(handed_out, ?)", (seq, seq))
+            if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
+                stale = self._stale_streams()
+                conn.executemany("DELETE FROM streams WHERE id = ?", [(i,) for i in stale])
+            else:
+                stale = []
+        self._acked = seq
+        self._handed_out = max(self._handed_out, seq)
+        self._forget_streams(stale)
+        return dropped
+
+    def skip_seqs_to(self, seq: int) -> None:
+        """Raise the seq high-water mark to ``seq`` (never lowers it): after an
+        AckAheadError, new deltas must get seqs central has not seen."""
+        if seq <= self._high:
+            return
+        with self._tx(durable=True) as conn:
+            conn.execute("UPDATE seqs SET high = ?", (seq,))
+        self._high = seq
+
+    def compact(self) -> CompactResult:
+        """Merge the outbox rows never handed out into one row per
+        (user, engine, epoch). The merged row keeps the group's highest seq
+        (no seq is reused or invented) and its latest sampled_at_ms; byte
+        totals are unchanged. Rows already handed out are left alone: central
+        may hold them, and merging would count them twice."""
+        floor = max(self._handed_out, self._acked)
+        before = self._count()
+        with self._tx(durable=False) as conn:
+            groups = conn.execute(
+                "SELECT max(seq), sum(uplink), sum(downlink), max(sampled_at_ms) "
+                "FROM outbox WHERE seq > ? GROUP BY stream HAVING count(*) > 1",
+                (floor,),
+            ).fetchall()
+            if groups:
+                conn.execute(
+                    "DELETE FROM outbox WHERE seq > ? AND seq NOT IN "
+                    "(SELECT max(seq) FROM outbox WHERE seq > ? GROUP BY stream)",
+                    (floor, floor),
+                )
+                conn.executemany(
+                    "UPDATE outbox SET uplink = ?, downlink = ?, sampled_at_ms = ? WHERE seq = ?",
+                    [(up, down, at, seq) for seq, up, down, at in groups],
+                )
+        return CompactResult(before, self._count())
+
+    def _count(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+
+    def _stale_streams(self) -> list[int]:
+        # Streams of epochs that are over; current ones stay interned.
+        return [i for (u, e, ep), i in self._streams.items() if self._epochs.get(e) != ep]
+
+    def _forget_streams(self, ids: Iterable[int]) -> None:
+        gone = set(ids)
+        if gone:
+            self._streams = {k: i for k, i in self._streams.items() if i not in gone}
+
+    def outbox_stats(self) -> OutboxStats:
+        rows, up, down = self._conn.execute(
+            "SELECT count(*), coalesce(sum(uplink), 0), coalesce(sum(downlink), 0) FROM outbox"
+        ).fetchone()
+        return OutboxStats(rows, up, down, self._high, self._acked, self._handed_out)
+
+    def outbox_totals(self) -> dict[StreamKey, tuple[int, int]]:
+        """(user, engine, epoch) -> (uplink, downlink) summed over the outbox."""
+        return {
+            (u, e, ep): (up, down)
+            for u, e, ep, up, down in self._conn.execute(
+                "SELECT s.user_id, s.engine, s.epoch, sum(o.uplink), sum(o.downlink) "
+                "FROM outbox o JOIN streams s ON s.id = o.stream GROUP BY o.stream"
+            )
+        }
+
+    # ------------------------------------------------------------ desired / applied
+
+    def set_desired(self, revision: int, snapshot: bytes) -> None:
+        if revision < 0:
+            raise ValueError(f"revision must not be negative, got {revision}")
+        with self._tx(durable=True) as conn:
+            conn.execute(
+                "INSERT INTO desired (id, revision, snapshot) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET revision = excluded.revision, "
+                "snapshot = excluded.snapshot",
+                (revision, bytes(snapshot)),
+            )
+
+    def desired(self) -> tuple[int, bytes] | None:
+        row = self._conn.execute("SELECT revision, snapshot FROM desired").fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    def set_applied(self, engine: str, changes: Mapping[str, object | None]) -> None:
+        """Record what an engine now holds per user; None removes the user."""
+        encoded = [
+            (u, None if s is None else json.dumps(s, sort_keys=True)) for u, s in changes.items()
+        ]
+        with self._tx(durable=True) as conn:
+            conn.executemany(
+                "INSERT INTO applied (engine, user_id, state) VALUES (?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET state = excluded.state",
+                [(engine, u, s) for u, s in encoded if s is not None],
+            )
+            conn.executemany(
+                "DELETE FROM applied WHERE engine = ? AND user_id = ?",
+                [(engine, u) for u, s in encoded if s is None],
+            )
+
+    def applied(self, engine: str) -> dict[str, object]:
+        return {
+            u: json.loads(s)
+            for u, s in self._conn.execute(
+                "SELECT user_id, state FROM applied WHERE engine = ?", (engine,)
+            )
+        }
+
+    # ------------------------------------------------------------ enforcement
+
+    def set_enforcement(
+        self, states: Iterable[EnforcementState], decisions: Iterable[LocalDecision] = ()
+    ) -> None:
+        """Store users' enforcement states and append the local decisions that
+        led to them, in one transaction."""
+        states, decisions = list(states), list(decisions)
+        with self._tx(durable=True) as conn:
+            conn.executemany(
+                "INSERT INTO enforcement (user_id, suspended, reason, decided_at_ms) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET suspended = excluded.suspended, "
+                "reason = excluded.reason, decided_at_ms = excluded.decided_at_ms",
+                [(s.user_id, int(s.suspended), int(s.reason), s.decided_at_ms) for s in states],
+            )
+            conn.executemany(
+                "INSERT INTO local_decisions (user_id, action, reason, decided_at_ms) "
+                "VALUES (?, ?, ?, ?)",
+                [(d.user_id, int(d.action), int(d.reason), d.decided_at_ms) for d in decisions],
+            )
+
+    def enforcement(self) -> dict[str, EnforcementState]:
+        return {
+            u: EnforcementState(u, bool(s), r, at)
+            for u, s, r, at in self._conn.execute(
+                "SELECT user_id, suspended, reason, decided_at_ms FROM enforcement"
+            )
+        }
+
+    def unreported_decisions(self, limit: int = 1000) -> list[tuple[int, LocalDecision]]:
+        """Local decisions central has not confirmed, oldest first, with ids."""
+        return [
+            (i, LocalDecision(u, a, r, at))
+            for i, u, a, r, at in self._conn.execute(
+                "SELECT id, user_id, action, reason, decided_at_ms FROM local_decisions "
+                "ORDER BY id LIMIT ?",
+                (limit,),
+            )
+        ]
+
+    def mark_decisions_reported(self, up_to_id: int) -> None:
+        with self._tx(durable=False) as conn:
+            conn.execute("DELETE FROM local_decisions WHERE id <= ?", (up_to_id,))
+
+    def grant_leases(self, grants: Iterable[tuple[str, int, int]]) -> int:
+        """(user_id, lease_id, bytes): a grant with a higher lease_id than the
+        stored one replaces it and starts ``used`` from 0; others are stale
+        repeats and ignored. Returns how many grants were taken."""
+        grants = list(grants)
+        for user_id, lease_id, amount in grants:
+            if amount < 0 or lease_id < 0:
+                raise ValueError(f"lease for {user_id!r}: negative bytes or lease_id")
+        with self._tx(durable=True) as conn:
+            taken = 0
+            for user_id, lease_id, amount in grants:
+                taken += conn.execute(
+                    "INSERT INTO leases (user_id, lease_id, granted, used) VALUES (?, ?, ?, 0) "
+                    "ON CONFLICT DO UPDATE SET lease_id = excluded.lease_id, "
+                    "granted = excluded.granted, used = 0 WHERE excluded.lease_id > lease_id",
+                    (user_id, lease_id, amount),
+                ).rowcount
+        return taken
+
+    def leases(self) -> dict[str, Lease]:
+        return {
+            u: Lease(u, i, g, used)
+            for u, i, g, used in self._conn.execute(
+                "SELECT user_id, lease_id, granted, used FROM leases"
+            )
+        }
+
+    def drop_leases(self, user_ids: Iterable[str]) -> None:
+        with self._tx(durable=True) as conn:
+            conn.executemany("DELETE FROM leases WHERE user_id = ?", [(u,) for u in user_ids])
+
+
+def _validate_sample(sample: Sample) -> None:
+    for delta in sample.deltas:
+        if (delta.engine, delta.epoch) != (sample.engine, sample.epoch):
+            raise CounterError(
+                f"delta for {delta.user_id!r} is of {delta.engine}/{delta.epoch}, "
+                f"sample is of {sample.engine}/{sample.epoch}"
+            )
+        if delta.uplink < 0 or delta.downlink < 0 or not delta.total:
+            raise CounterError(f"delta for {delta.user_id!r} is negative or zero: {delta}")
+    for name, value in sample.baselines.items():
+        if not isinstance(value, int) or value < 0:
+            raise CounterError(f"baseline {name!r} is not a byte count: {value!r}")

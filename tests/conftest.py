@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.v2ray import BlobServer, V2rayCore, v2ray_binary
+from tests.support.wgnet import kernel_wg_pair, wg_pair  # noqa: F401 (fixtures)
 
 
 def require_root() -> None:

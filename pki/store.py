@@ -111,6 +111,11 @@ class IssuedRecord:
     fingerprint: str
     revoked: bool
 
+    def state(self, now: datetime) -> str:
+        if self.revoked:
+            return "revoked"
+        return "valid" if now < self.not_after else "expired"
+
     def as_json(self) -> dict[str, object]:
         return {
             "serial": certs.format_serial(self.serial),
@@ -134,6 +139,11 @@ class TokenRecord:
     minted_at: datetime
     used_at: datetime | None
     used_serial: int | None
+
+    def state(self, now: datetime) -> str:
+        if self.used_at is not None:
+            return "used"
+        return "open" if now < self.expires_at else "expired"
 
     def as_json(self) -> dict[str, object]:
         return {

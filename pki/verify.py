@@ -39,26 +39,26 @@ def check_peer_cert(
         try:
             cert = certs.load_cert(cert)
         except InvalidInput as e:
-            raise PeerRejected(f"peer certificate is unreadable: {e}") from None
+            raise PeerRejected(f"certificate is unreadable: {e}") from None
     if not certs.is_issued_by(cert, ca_cert):
-        raise PeerRejected("peer certificate was not issued by this edgeward CA")
+        raise PeerRejected("certificate was not issued by this edgeward CA")
     if now < cert.not_valid_before_utc:
         raise PeerRejected(
-            f"peer certificate is not valid before {cert.not_valid_before_utc.isoformat()}"
+            f"certificate is not valid before {cert.not_valid_before_utc.isoformat()}"
         )
     if now >= cert.not_valid_after_utc:
-        raise PeerRejected(f"peer certificate expired at {cert.not_valid_after_utc.isoformat()}")
+        raise PeerRejected(f"certificate expired at {cert.not_valid_after_utc.isoformat()}")
     try:
         identity = certs.identity_of(cert)
     except InvalidInput as e:
-        raise PeerRejected(f"peer certificate has no valid edgeward identity: {e}") from None
+        raise PeerRejected(f"certificate has no valid edgeward identity: {e}") from None
     if identity.kind == "central" or not certs.has_usage(cert, ExtendedKeyUsageOID.CLIENT_AUTH):
         raise PeerRejected(
-            f"peer certificate ({identity.kind} {identity.name!r}) is not a client certificate"
+            f"certificate ({identity.kind} {identity.name!r}) is not a client certificate"
         )
     if is_revoked(cert.serial_number):
         raise PeerRejected(
-            f"peer certificate serial {certs.format_serial(cert.serial_number)} "
+            f"certificate serial {certs.format_serial(cert.serial_number)} "
             f"({identity.kind} {identity.name!r}) is revoked"
         )
     if expect is not None and identity.kind != expect:

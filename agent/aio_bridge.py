@@ -1,0 +1,177 @@
+"""The agent's only door to asyncio: an asyncio island inside the trio program.
+
+grpclib runs only on asyncio; the agent is trio. `open_island()` starts a
+trio-asyncio loop for the lifetime of an `async with`; `island.run(fn, *args)`
+runs an asyncio coroutine function there and returns its result to trio. The
+rules of DESIGN.md §3 live here and nowhere else:
+
+- grpclib objects are created inside the island (they look up the running loop
+  when built);
+- crossings are batched: `GrpcClient.call_many` sends a whole list of unary
+  calls in one crossing and fans them out inside asyncio with bounded
+  concurrency, returning one result per call;
+- no asyncio async generator is ever iterated from trio;
+- channels are closed from the asyncio side and the loop gets a few turns
+  before it exits.
+
+No other agent module imports asyncio, trio_asyncio or grpclib.client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import trio_asyncio
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+
+DEFAULT_CONCURRENCY = 16
+
+
+class AsyncioIsland:
+    """A running asyncio loop inside trio; see open_island()."""
+
+    def __init__(self) -> None:
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._closed = False
+
+    async def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run the asyncio coroutine function `fn(*args)` in the island; return its result."""
+        if self._closed:
+            raise RuntimeError("the asyncio island is closed")
+        return await trio_asyncio.aio_as_trio(fn)(*args)
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Register an asyncio coroutine function to run (in the island) when it closes."""
+        self._closers.append(closer)
+
+    async def _close_in_asyncio(self) -> None:
+        for closer in reversed(self._closers):
+            # A failing closer must not keep the others from running.
+            with contextlib.suppress(Exception):
+                await closer()
+        self._closers.clear()
+        # Let transports finish closing before the loop goes away.
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def open_island() -> AsyncIterator[AsyncioIsland]:
+    """An asyncio island for the duration of the block; closes everything it holds."""
+    async with trio_asyncio.open_loop():
+        island = AsyncioIsland()
+        try:
+            yield island
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(island._close_in_asyncio)()
+                island._closed = True
+
+
+# ---------------------------------------------------------------- grpclib inside the island
+
+
+@dataclass(frozen=True, slots=True)
+class UnaryCall:
+    """One unary gRPC call: path, request message, reply message class."""
+
+    path: str
+    request: Any
+    reply_type: type
+    timeout: float | None = 10.0
+
+
+class GrpcClient:
+    """A grpclib Channel owned by an island, used from trio.
+
+    `connection_generation` grows by one each time grpclib had to open a new
+    HTTP/2 connection (the first one included): a change between two calls
+    means the connection was lost in between, e.g. the server restarted.
+    """
+
+    def __init__(self, island: AsyncioIsland, channel: Channel) -> None:
+        self._island = island
+        self._channel = channel
+        self._last_protocol: object | None = None
+        self.connection_generation = 0
+
+    @classmethod
+    async def open(
+        cls,
+        island: AsyncioIsland,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> GrpcClient:
+        async def build() -> Channel:
+            return Channel(host, port, ssl=ssl_context)
+
+        channel = await island.run(build)
+        client = cls(island, channel)
+        island.on_close(client._close_in_asyncio)
+        return client
+
+    def _note_connection(self) -> None:
+        # grpclib keeps one protocol object per HTTP/2 connection (private
+        # attribute, stable since 0.3); a new one means it reconnected.
+        protocol = getattr(self._channel, "_protocol", None)
+        if protocol is not None and protocol is not self._last_protocol:
+            self._last_protocol = protocol
+            self.connection_generation += 1
+
+    async def _unary(self, call: UnaryCall) -> Any:
+        try:
+            async with self._channel.request(
+                call.path,
+                Cardinality.UNARY_UNARY,
+                type(call.request),
+                call.reply_type,
+                timeout=call.timeout,
+            ) as stream:
+                await stream.send_message(call.request, end=True)
+                return await stream.recv_message()
+        finally:
+            self._note_connection()
+
+    async def _many(self, calls: Sequence[UnaryCall], concurrency: int) -> list[Any]:
+        results: list[Any] = [None] * len(calls)
+        pending = iter(enumerate(calls))
+
+        async def worker() -> None:
+            for i, call in pending:
+                try:
+                    results[i] = await self._unary(call)
+                except Exception as e:  # returned, not raised: one result per call
+                    results[i] = e
+
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(calls))))))
+        return results
+
+    async def call(self, call: UnaryCall) -> Any:
+        """One call; raises what grpclib raised (GRPCError, OSError, TimeoutError...)."""
+        return await self._island.run(self._unary, call)
+
+    async def call_many(
+        self, calls: Sequence[UnaryCall], *, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> list[Any]:
+        """All calls in one crossing, at most `concurrency` in flight.
+
+        Returns one entry per call, in order: the reply, or the Exception it raised.
+        """
+        if not calls:
+            return []
+        return await self._island.run(self._many, list(calls), concurrency)
+
+    async def _close_in_asyncio(self) -> None:
+        self._channel.close()
+
+    async def aclose(self) -> None:
+        await self._island.run(self._close_in_asyncio)

@@ -117,9 +117,11 @@ def connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
 
 
-def migrate(conn: sqlite3.Connection, path: Path, target: int = SCHEMA_VERSION) -> None:
-    """Run the missing migration steps, each in its own transaction together
-    with its user_version bump (a crash leaves a whole version or none)."""
+def migrate(conn: sqlite3.Connection, path: Path, target: int | None = None) -> None:
+    """Run the missing migration steps (up to ``target``, default all), each in
+    its own transaction with its user_version bump: a crash leaves a whole
+    version or none."""
+    target = len(MIGRATIONS) if target is None else target
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     for step in range(version, target):
         try:
@@ -173,11 +175,16 @@ def open_connection(path: os.PathLike[str] | str) -> sqlite3.Connection:
         migrate(conn, path)
     except sqlite3.Error as exc:
         conn.close()
-        raise JournalError(path, f"unreadable: {exc}") from exc
+        raise JournalError(path, f"{_describe(exc)}: {exc}") from exc
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", "")
+    return "damaged" if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") else "unreadable"
 
 
 def _check_header(path: Path) -> None:
@@ -195,10 +202,11 @@ def _check_header(path: Path) -> None:
 def _check_contents(conn: sqlite3.Connection, path: Path) -> None:
     # Only reads here: nothing may be written before the file is known good.
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
+    known = len(MIGRATIONS)
+    if version > known:
         raise JournalError(
             path,
-            f"schema version {version} is newer than this agent knows ({SCHEMA_VERSION}); "
+            f"schema version {version} is newer than this agent knows ({known}); "
             "run a newer agent or restore a matching journal",
         )
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]

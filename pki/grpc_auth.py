@@ -4,7 +4,7 @@ peer's Identity to handlers through a contextvar."""
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
@@ -31,14 +31,19 @@ def install_peer_check(
     verifier: Verifier,
     expect: Callable[[str], Kind | None] | Kind | None = None,
     on_reject: Callable[[str, PeerRejected], None] | None = None,
+    open_methods: Collection[str] = (),
 ) -> None:
     """On each request, check the peer and set `current_identity`, or answer
     UNAUTHENTICATED / PERMISSION_DENIED with the reason.
 
     `expect` is a kind, or a function of the method path returning one (None: any).
+    `open_methods` (e.g. "/edgeward.v1.NodeService/Enroll") skip the check and leave
+    `current_identity` unset: they serve peers without a certificate.
     """
 
     async def on_recv_request(event: RecvRequest) -> None:
+        if event.method_name in open_methods:
+            return
         wanted = expect(event.method_name) if callable(expect) else expect
         try:
             identity = verifier.check_peer(peer_cert_der(event.peer), expect=wanted)

@@ -4,7 +4,7 @@ Used only through ``Journal`` (agent/journal.py), which runs each call on a
 worker thread under one lock; nothing here is thread-safe on its own.
 
 In-memory mirrors (current epoch and baselines per engine, interned
-(user, engine, epoch) stream ids, seq marks) are changed only after the
+counter-name and (user, engine, epoch) stream ids, seq marks) are changed only after the
 transaction that writes them has committed, so a failed commit leaves memory
 and file agreeing on the previous state.
 
@@ -99,12 +99,17 @@ class JournalStore:
         self._conn = conn
         self._sync_full = True
         self._epochs: dict[str, str] = dict(conn.execute("SELECT engine, epoch FROM epochs"))
+        self._counters: dict[tuple[str, str], int] = {
+            (engine, name): i
+            for i, engine, name in conn.execute("SELECT id, engine, name FROM counters")
+        }
         self._baselines: dict[str, dict[str, int]] = {engine: {} for engine in self._epochs}
-        for engine, epoch, counter, value in conn.execute(
-            "SELECT engine, epoch, counter, value FROM baselines"
+        for engine, name, epoch, value in conn.execute(
+            "SELECT c.engine, c.name, b.epoch, b.value FROM baselines b "
+            "JOIN counters c ON c.id = b.counter"
         ):
             if self._epochs.get(engine) == epoch:
-                self._baselines[engine][counter] = value
+                self._baselines[engine][name] = value
         self._streams: dict[StreamKey, int] = {
             (u, e, ep): i
             for i, u, e, ep in conn.execute("SELECT id, user_id, engine, epoch FROM streams")
@@ -173,10 +178,28 @@ class JournalStore:
         old = {} if new_epoch else self._baselines.get(engine, {})
         new = {name: value for name, value in sample.baselines.items() if value}
         new_streams: dict[StreamKey, int] = {}
+        new_counters: dict[tuple[str, str], int] = {}
+        dropped_counters: list[int] = []
         first = self._high + 1
         with self._tx(durable=True) as conn:
+
+            def counter_id(name: str) -> int:
+                key = (engine, name)
+                found = self._counters.get(key) or new_counters.get(key)
+                if found is None:
+                    found = conn.execute(
+                        "INSERT INTO counters (engine, name) VALUES (?, ?)", key
+                    ).lastrowid
+                    assert found is not None
+                    new_counters[key] = found
+                return found
+
             if new_epoch:
-                conn.execute("DELETE FROM baselines WHERE engine = ?", (engine,))
+                conn.execute(
+                    "DELETE FROM baselines WHERE counter IN "
+                    "(SELECT id FROM counters WHERE engine = ?)",
+                    (engine,),
+                )
                 conn.execute(
                     "INSERT INTO epochs (engine, epoch, started_at_ms) VALUES (?, ?, ?) "
                     "ON CONFLICT (engine) DO UPDATE SET epoch = excluded.epoch, "
@@ -184,14 +207,22 @@ class JournalStore:
                     (engine, epoch, sampled_at_ms),
                 )
             conn.executemany(
-                "INSERT INTO baselines (engine, epoch, counter, value) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT DO UPDATE SET value = excluded.value",
-                [(engine, epoch, n, v) for n, v in new.items() if old.get(n) != v],
+                "INSERT INTO baselines (counter, epoch, value) VALUES (?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET epoch = excluded.epoch, value = excluded.value",
+                [(counter_id(n), epoch, v) for n, v in new.items() if old.get(n) != v],
             )
             conn.executemany(
-                "DELETE FROM baselines WHERE engine = ? AND epoch = ? AND counter = ?",
-                [(engine, epoch, n) for n in old if n not in new],
+                "DELETE FROM baselines WHERE counter = ?",
+                [(counter_id(n),) for n in old if n not in new],
             )
+            if new_epoch:
+                # Names of the last epoch's counters (removed users) go with it.
+                dropped_counters = [
+                    i for (e, name), i in self._counters.items() if e == engine and name not in new
+                ]
+                conn.executemany(
+                    "DELETE FROM counters WHERE id = ?", [(i,) for i in dropped_counters]
+                )
             rows = []
             charges: dict[str, int] = {}
             for seq, delta in enumerate(sample.deltas, start=first):
@@ -221,6 +252,10 @@ class JournalStore:
         self._epochs[engine] = epoch
         self._baselines[engine] = new
         self._streams.update(new_streams)
+        self._counters.update(new_counters)
+        if dropped_counters:
+            gone = set(dropped_counters)
+            self._counters = {k: i for k, i in self._counters.items() if i not in gone}
         if rows:
             self._high = last
             return first, last

@@ -34,8 +34,16 @@ from edgeward.agent.journal_store import JournalStore
 SAMPLES_PER_DAY = 24 * 3600 // 10
 
 
-def file_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+def used_bytes(store: JournalStore) -> int:
+    """Bytes of the database in use (pages minus free pages), WAL included
+    in the count once checkpointed; independent of WAL file size."""
+    conn = store._conn
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    pages, free, size = (
+        conn.execute(f"PRAGMA {pragma}").fetchone()[0]
+        for pragma in ("page_count", "freelist_count", "page_size")
+    )
+    return (pages - free) * size
 
 
 def written_bytes() -> int:
@@ -55,7 +63,7 @@ def run(path: Path, users: int, samples: int, compact: bool, seed: int) -> dict[
     store = JournalStore.open(path)
     written = 0
     commit_s = compact_s = 0.0
-    start_size, first = file_bytes(path), 0
+    start_size, first = used_bytes(store), 0
     for step in range(1, samples + 1):
         for up, down in names:
             counters[up] += rng.randrange(1, 200_000)
@@ -78,13 +86,14 @@ def run(path: Path, users: int, samples: int, compact: bool, seed: int) -> dict[
         compact_s += t2 - t1
         written += written_bytes() - w0
         if step == 1:  # streams and baselines are created once: not growth
-            start_size, first = file_bytes(path), 1
+            start_size, first = used_bytes(store), 1
     rows = store.outbox_stats().rows
+    size = used_bytes(store)
     store.close()
     return {
         "rows": rows,
-        "size": file_bytes(path),
-        "growth_per_sample": (file_bytes(path) - start_size) / (samples - first),
+        "size": size,
+        "growth_per_sample": (size - start_size) / (samples - first),
         "written_per_sample": written / samples,
         "commit_ms": 1000 * commit_s / samples,
         "compact_ms": 1000 * compact_s / samples,

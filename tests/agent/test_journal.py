@@ -308,3 +308,34 @@ async def test_closed_journal_refuses_calls(tmp_path):
     await journal.aclose()  # idempotent
     with pytest.raises(JournalError, match="is closed"):
         await journal.pending(0, 1)
+
+
+async def test_counter_names_of_a_finished_epoch_are_forgotten(tmp_path):
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal:
+        await sample_step(journal, 2, epoch="1")  # 5 users, 10 counters
+        # after the restart only user 0 has moved yet
+        sample = compute_deltas(
+            {},
+            {proxy_counter("u0@x", UPLINK): 10},
+            engine=ENGINE_PROXY,
+            epoch="2",
+            resolve=RESOLVE,
+        )
+        await journal.commit_sample(sample, sampled_at_ms=3)
+    conn = sqlite3.connect(path)
+    names = [r[0] for r in conn.execute("SELECT name FROM counters")]
+    conn.close()
+    assert names == [proxy_counter("u0@x", UPLINK)]
+    async with open_journal(path) as journal:
+        assert await journal.baselines(ENGINE_PROXY, "2") == {proxy_counter("u0@x", UPLINK): 10}
+        # a counter that comes back in this epoch is counted from 0
+        again = compute_deltas(
+            await journal.baselines(ENGINE_PROXY, "2"),
+            {proxy_counter("u0@x", UPLINK): 10, proxy_counter("u1@x", UPLINK): 4},
+            engine=ENGINE_PROXY,
+            epoch="2",
+            resolve=RESOLVE,
+        )
+        await journal.commit_sample(again, sampled_at_ms=4)
+        assert (await journal.outbox_totals())[("user-1", ENGINE_PROXY, "2")] == (4, 0)

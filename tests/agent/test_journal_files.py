@@ -172,8 +172,10 @@ def build_v1(path: Path) -> None:
         BEGIN;
         UPDATE seqs SET high = 7, acked = 5, handed_out = 6;
         INSERT INTO epochs VALUES ('proxy', '3', 1000);
-        INSERT INTO baselines VALUES ('proxy', '3', 'user>>>a@x>>>traffic>>>uplink', 900);
-        INSERT INTO baselines VALUES ('proxy', '2', 'user>>>a@x>>>traffic>>>uplink', 5);
+        INSERT INTO counters VALUES (1, 'proxy', 'user>>>a@x>>>traffic>>>uplink');
+        INSERT INTO counters VALUES (2, 'proxy', 'user>>>b@x>>>traffic>>>uplink');
+        INSERT INTO baselines VALUES (1, '3', 900);
+        INSERT INTO baselines VALUES (2, '2', 5);
         INSERT INTO streams VALUES (1, 'user-a', 'proxy', '3');
         INSERT INTO outbox VALUES (6, 1, 100, 200, 11), (7, 1, 50, 0, 12);
         INSERT INTO desired VALUES (1, 12, x'0802');

@@ -1,0 +1,97 @@
+"""central's configuration file (TOML), with documented defaults.
+
+[server]
+listen = "0.0.0.0:7443"          # host:port of the node stream (mTLS)
+[storage]
+database = "/var/lib/edgeward/central.sqlite"
+wireguard_pool = "10.66.0.0/16"   # user addresses
+[pki]
+ca_dir = "/etc/edgeward/pki"      # the CA: verifies nodes, revocation, enrollment
+cert = "/etc/edgeward/central/server.crt"
+key = "/etc/edgeward/central/server.key"
+[enforcement]
+interval_seconds = 5.0            # how often expiry is checked for every user
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    host: str = "0.0.0.0"
+    port: int = 7443
+    database: Path = Path("/var/lib/edgeward/central.sqlite")
+    wireguard_pool: str = "10.66.0.0/16"
+    ca_dir: Path = Path("/etc/edgeward/pki")
+    cert: Path = Path("/etc/edgeward/central/server.crt")
+    key: Path = Path("/etc/edgeward/central/server.key")
+    enforce_interval: float = 5.0
+
+
+KNOWN = {
+    "server": {"listen"},
+    "storage": {"database", "wireguard_pool"},
+    "pki": {"ca_dir", "cert", "key"},
+    "enforcement": {"interval_seconds"},
+}
+
+
+def parse_config(text: str, source: str = "config") -> CentralConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"{source}: not valid TOML: {e}") from None
+    for section, values in data.items():
+        if section not in KNOWN or not isinstance(values, dict):
+            raise InvalidInput(f"{source}: unknown section [{section}]")
+        unknown = set(values) - KNOWN[section]
+        if unknown:
+            raise InvalidInput(
+                f"{source}: unknown key(s) in [{section}]: {', '.join(sorted(unknown))}"
+            )
+    server = data.get("server", {})
+    storage = data.get("storage", {})
+    pki = data.get("pki", {})
+    enforcement = data.get("enforcement", {})
+    defaults = CentralConfig()
+    host, port = defaults.host, defaults.port
+    if "listen" in server:
+        host, sep, port_text = str(server["listen"]).rpartition(":")
+        if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise InvalidInput(
+                f"{source}: [server] listen must be host:port, got {server['listen']!r}"
+            )
+        host, port = host.strip("[]"), int(port_text)
+    pool = storage.get("wireguard_pool", defaults.wireguard_pool)
+    try:
+        ipaddress.ip_network(pool)
+    except ValueError as e:
+        raise InvalidInput(f"{source}: [storage] wireguard_pool: {e}") from None
+    interval = enforcement.get("interval_seconds", defaults.enforce_interval)
+    if not isinstance(interval, int | float) or interval <= 0:
+        raise InvalidInput(f"{source}: [enforcement] interval_seconds must be > 0")
+    return CentralConfig(
+        host=host,
+        port=port,
+        database=Path(storage.get("database", defaults.database)),
+        wireguard_pool=pool,
+        ca_dir=Path(pki.get("ca_dir", defaults.ca_dir)),
+        cert=Path(pki.get("cert", defaults.cert)),
+        key=Path(pki.get("key", defaults.key)),
+        enforce_interval=float(interval),
+    )
+
+
+def load_config(path: Path) -> CentralConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise InvalidInput(f"cannot read config {path}: {e.strerror}") from None
+    return parse_config(text, str(path))

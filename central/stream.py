@@ -1,0 +1,267 @@
+"""The NodeService handler: one bidirectional stream per connected node.
+
+Order on a stream (central's side):
+  node: Hello           -> central: Welcome(node_id, acked_seq), DesiredSnapshot,
+                           LeaseGrant (every lease the node holds, re-based on acked_seq)
+  node: UsageBatch      -> commit, then Ack(acked_seq), then LeaseGrant if any grew
+  (desired state change)-> Enforcement (if commands), DesiredChange (or a snapshot),
+                           LeaseGrant for the changed users
+  node: Heartbeat       -> Heartbeat
+  node: LocalDecisions  -> audit log
+  node: RenewRequest    -> RenewResponse, or StreamError("renew-failed")
+Everything a session sends comes from one task, in that order, so a LeaseGrant
+always follows the Ack it is relative to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import betterproto2
+import grpclib.const
+import grpclib.server
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from edgeward import __version__
+from edgeward.proto import v1
+
+from .identity import ENROLL_PATH, STREAM_PATH, current_node
+from .ingest import InvalidBatch
+from .notify import NodeEvent
+from .records import now_ms
+from .storage import Storage
+
+log = logging.getLogger("edgeward.central.stream")
+
+# Messages read ahead of processing: bounds memory; HTTP/2 flow control does the rest.
+READ_AHEAD = 8
+# grpclib's sender does not yield while the window has room (DESIGN.md §3).
+YIELD_EVERY = 32
+
+Enroller = Callable[[v1.EnrollRequest], Awaitable[v1.EnrollResponse]]
+Renewer = Callable[[str, bytes | None, bytes], Awaitable[v1.RenewResponse]]
+
+
+class NodeService:
+    """grpclib servable for edgeward.v1.NodeService (Stream and Enroll)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        enroller: Enroller | None = None,
+        renewer: Renewer | None = None,
+    ) -> None:
+        self.storage = storage
+        self.enroller = enroller
+        self.renewer = renewer
+        self.sessions: set[NodeSession] = set()
+        self.stopping = asyncio.Event()
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return {
+            STREAM_PATH: grpclib.const.Handler(
+                self.stream,
+                grpclib.const.Cardinality.STREAM_STREAM,
+                v1.NodeMessage,
+                v1.CentralMessage,
+            ),
+            ENROLL_PATH: grpclib.const.Handler(
+                self.enroll,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                v1.EnrollRequest,
+                v1.EnrollResponse,
+            ),
+        }
+
+    async def enroll(self, stream: grpclib.server.Stream) -> None:
+        request = await stream.recv_message()
+        if self.enroller is None:
+            raise GRPCError(Status.UNIMPLEMENTED, "enrollment is not configured on this central")
+        await stream.send_message(await self.enroller(request))
+
+    async def stream(self, stream: grpclib.server.Stream) -> None:
+        node_id = current_node.get(None)
+        if node_id is None:
+            raise GRPCError(Status.UNAUTHENTICATED, "no node identity on this connection")
+        if not await self.storage.node_known(node_id):
+            raise GRPCError(
+                Status.PERMISSION_DENIED, f"node {node_id!r} is not registered with central"
+            )
+        if self.stopping.is_set():
+            raise GRPCError(Status.UNAVAILABLE, "central is shutting down")
+        first = await stream.recv_message()
+        if first is None:
+            return
+        kind, hello = betterproto2.which_one_of(first, "kind")
+        if kind != "hello":
+            raise GRPCError(Status.FAILED_PRECONDITION, f"first message must be hello, not {kind}")
+        if hello.node_id and hello.node_id != node_id:
+            raise GRPCError(
+                Status.PERMISSION_DENIED,
+                f"hello names node {hello.node_id!r} but the certificate is node {node_id!r}",
+            )
+        # A node reconnecting before its old stream noticed: one session per node.
+        for old in [s for s in self.sessions if s.node_id == node_id]:
+            old.inbox.put_nowait(("stop", None))
+        session = NodeSession(self, stream, node_id, hello)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    def stop(self) -> None:
+        """Ask every session to finish the message in hand and end its stream."""
+        self.stopping.set()
+        for session in list(self.sessions):
+            session.inbox.put_nowait(("stop", None))
+
+
+class NodeSession:
+    def __init__(
+        self, service: NodeService, stream: grpclib.server.Stream, node_id: str, hello: v1.Hello
+    ) -> None:
+        self.service = service
+        self.storage = service.storage
+        self.stream = stream
+        self.node_id = node_id
+        self.hello = hello
+        self.revision = 0  # desired revision last sent
+        self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.read_credit = asyncio.Semaphore(READ_AHEAD)
+        self.sent = 0
+
+    async def send(self, **kind: Any) -> None:
+        await self.stream.send_message(v1.CentralMessage(**kind))
+        self.sent += 1
+        if self.sent % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+    async def run(self) -> None:
+        log.info("node %s connected (acked_seq=%d on the node)", self.node_id, self.hello.acked_seq)
+        # Subscribe before reading the snapshot so no change falls between them.
+        with self.storage.notifier.subscribe(self.node_id, self.on_event):
+            acked = await self.storage.acked_seq(self.node_id)
+            await self.send(
+                welcome=v1.Welcome(
+                    node_id=self.node_id, acked_seq=acked, central_version=__version__
+                )
+            )
+            snapshot = await self.storage.snapshot(self.node_id)
+            await self.send(snapshot=snapshot)
+            self.revision = snapshot.revision
+            leases = await self.storage.grant_leases(self.node_id)
+            if leases:
+                await self.send(leases=v1.LeaseGrant(leases=leases))
+            reader = asyncio.create_task(self.read())
+            try:
+                await self.process()
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        log.info("node %s disconnected", self.node_id)
+
+    def on_event(self, event: NodeEvent) -> None:
+        self.inbox.put_nowait(("event", event))
+
+    async def read(self) -> None:
+        try:
+            while True:
+                await self.read_credit.acquire()
+                message = await self.stream.recv_message()
+                if message is None:
+                    self.inbox.put_nowait(("end", None))
+                    return
+                self.inbox.put_nowait(("message", message))
+        except Exception as e:  # connection reset, decode error: end the session
+            self.inbox.put_nowait(("end", e))
+
+    async def process(self) -> None:
+        while True:
+            what, item = await self.inbox.get()
+            if what == "message":
+                self.read_credit.release()
+                await self.on_message(item)
+            elif what == "event":
+                await self.on_change(item)
+            elif what == "stop":
+                await self.send(
+                    error=v1.StreamError(code="shutting-down", message="central is stopping")
+                )
+                return
+            else:
+                if item is not None:
+                    log.info("node %s stream ended: %r", self.node_id, item)
+                return
+
+    async def on_message(self, message: v1.NodeMessage) -> None:
+        kind, body = betterproto2.which_one_of(message, "kind")
+        if kind == "usage":
+            await self.on_usage(body)
+        elif kind == "heartbeat":
+            await self.send(heartbeat=v1.Heartbeat(sent_at_ms=now_ms()))
+        elif kind == "local_decisions":
+            await self.storage.record_local_decisions(self.node_id, body.decisions)
+        elif kind == "applied":
+            log.info(
+                "node %s applied revision %d: %d/%d users, %d errors",
+                self.node_id, body.revision, body.users_applied, body.users_desired,
+                len(body.errors),
+            )  # fmt: skip
+        elif kind == "renew":
+            await self.on_renew(body)
+        elif kind == "hello":
+            raise GRPCError(Status.FAILED_PRECONDITION, "hello may only be sent once")
+
+    async def on_usage(self, batch: v1.UsageBatch) -> None:
+        try:
+            result = await self.storage.ingest(self.node_id, batch.deltas)
+        except InvalidBatch as e:
+            await self.send(error=v1.StreamError(code="invalid-batch", message=str(e)))
+            raise GRPCError(Status.INVALID_ARGUMENT, str(e)) from None
+        # Only now is the batch durable: acknowledge it, then the leases based on it.
+        await self.send(ack=v1.Ack(acked_seq=result.acked_seq))
+        if result.leases:
+            await self.send(leases=v1.LeaseGrant(leases=result.leases))
+
+    async def on_change(self, event: NodeEvent) -> None:
+        if event.commands:
+            await self.send(enforcement=v1.Enforcement(commands=list(event.commands)))
+        if event.revision <= self.revision:
+            return  # already covered by a change or snapshot sent since
+        update = await self.storage.desired_change(self.node_id, self.revision)
+        if update is None:
+            return
+        if isinstance(update, v1.DesiredSnapshot):
+            await self.send(snapshot=update)
+            user_ids = None
+        else:
+            await self.send(change=update)
+            user_ids = [user.user_id for user in update.upserts]
+        self.revision = update.revision
+        if user_ids != []:
+            leases = await self.storage.grant_leases(self.node_id, user_ids)
+            if leases:
+                await self.send(leases=v1.LeaseGrant(leases=leases))
+
+    async def on_renew(self, request: v1.RenewRequest) -> None:
+        if self.service.renewer is None:
+            await self.send(
+                error=v1.StreamError(code="renew-failed", message="renewal is not configured")
+            )
+            return
+        from edgeward.pki.tls import peer_cert_der
+
+        try:
+            response = await self.service.renewer(
+                self.node_id, peer_cert_der(self.stream.peer), request.csr_pem
+            )
+        except Exception as e:  # pki errors carry a message safe to show the node
+            await self.send(error=v1.StreamError(code="renew-failed", message=str(e)))
+            return
+        await self.send(renewed=response)

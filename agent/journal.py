@@ -120,8 +120,13 @@ class Journal:
     async def baselines(self, engine: str, epoch: str) -> dict[str, int]:
         return await self._run(self._store.baselines, engine, epoch)
 
-    async def commit_sample(self, sample: Sample, *, sampled_at_ms: int) -> tuple[int, int]:
-        return await self._run(self._store.commit_sample, sample, sampled_at_ms)
+    async def epoch_marker(self, engine: str) -> str | None:
+        return await self._run(self._store.epoch_marker, engine)
+
+    async def commit_sample(
+        self, sample: Sample, *, sampled_at_ms: int, epoch_marker: str | None = None
+    ) -> tuple[int, int]:
+        return await self._run(self._store.commit_sample, sample, sampled_at_ms, epoch_marker)
 
     # outbox
     async def pending(self, after_seq: int, limit: int) -> list[PendingDelta]:

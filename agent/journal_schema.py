@@ -46,7 +46,8 @@ MIGRATIONS: list[str] = [
     CREATE TABLE epochs (
         engine TEXT PRIMARY KEY,
         epoch TEXT NOT NULL,
-        started_at_ms INTEGER NOT NULL
+        started_at_ms INTEGER NOT NULL,
+        marker TEXT NOT NULL DEFAULT ''  -- the driver's restart evidence
     ) WITHOUT ROWID;
     -- Counter names interned: baselines are rewritten every sample, and
     -- short rows keep that write small (about 1/3 of spelled-out names).

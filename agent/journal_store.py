@@ -98,7 +98,10 @@ class JournalStore:
         self.path = path
         self._conn = conn
         self._sync_full = True
-        self._epochs: dict[str, str] = dict(conn.execute("SELECT engine, epoch FROM epochs"))
+        self._epochs: dict[str, str] = {}
+        self._markers: dict[str, str] = {}
+        for engine, epoch, marker in conn.execute("SELECT engine, epoch, marker FROM epochs"):
+            self._epochs[engine], self._markers[engine] = epoch, marker
         self._counters: dict[tuple[str, str], int] = {
             (engine, name): i
             for i, engine, name in conn.execute("SELECT id, engine, name FROM counters")
@@ -161,22 +164,33 @@ class JournalStore:
     def current_epoch(self, engine: str) -> str | None:
         return self._epochs.get(engine)
 
+    def epoch_marker(self, engine: str) -> str | None:
+        """What the driver stored to recognise a restart of the engine across
+        agent restarts (e.g. the core's start time, an interface index)."""
+        return self._markers.get(engine)
+
     def baselines(self, engine: str, epoch: str) -> dict[str, int]:
         """Baselines to compute the next sample against: empty for a new epoch."""
         if self._epochs.get(engine) != epoch:
             return {}
         return dict(self._baselines.get(engine, {}))
 
-    def commit_sample(self, sample: Sample, sampled_at_ms: int) -> tuple[int, int]:
+    def commit_sample(
+        self, sample: Sample, sampled_at_ms: int, epoch_marker: str | None = None
+    ) -> tuple[int, int]:
         """Store a sample's deltas and its new baselines in one transaction,
-        make ``sample.epoch`` the engine's current epoch, and charge the
-        deltas against the users' quota leases. Returns the seqs given to the
-        deltas as (first, last); (0, 0) when there were none."""
+        make ``sample.epoch`` the engine's current epoch (with
+        ``epoch_marker`` when given), and charge the deltas against the
+        users' quota leases. Returns the seqs given to the deltas as
+        (first, last); (0, 0) when there were none."""
         engine, epoch = sample.engine, sample.epoch
         _validate_sample(sample)
         new_epoch = self._epochs.get(engine) != epoch
         old = {} if new_epoch else self._baselines.get(engine, {})
         new = {name: value for name, value in sample.baselines.items() if value}
+        marker = epoch_marker if epoch_marker is not None else ""
+        if not new_epoch and epoch_marker is None:
+            marker = self._markers.get(engine, "")
         new_streams: dict[StreamKey, int] = {}
         new_counters: dict[tuple[str, str], int] = {}
         dropped_counters: list[int] = []
@@ -201,11 +215,14 @@ class JournalStore:
                     (engine,),
                 )
                 conn.execute(
-                    "INSERT INTO epochs (engine, epoch, started_at_ms) VALUES (?, ?, ?) "
-                    "ON CONFLICT (engine) DO UPDATE SET epoch = excluded.epoch, "
-                    "started_at_ms = excluded.started_at_ms",
-                    (engine, epoch, sampled_at_ms),
+                    "INSERT INTO epochs (engine, epoch, started_at_ms, marker) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (engine) DO UPDATE SET "
+                    "epoch = excluded.epoch, started_at_ms = excluded.started_at_ms, "
+                    "marker = excluded.marker",
+                    (engine, epoch, sampled_at_ms, marker),
                 )
+            elif epoch_marker is not None and epoch_marker != self._markers.get(engine):
+                conn.execute("UPDATE epochs SET marker = ? WHERE engine = ?", (marker, engine))
             conn.executemany(
                 "INSERT INTO baselines (counter, epoch, value) VALUES (?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET epoch = excluded.epoch, value = excluded.value",
@@ -250,6 +267,7 @@ class JournalStore:
                 conn.execute("UPDATE seqs SET high = ?", (last,))
         # Committed: now memory may follow.
         self._epochs[engine] = epoch
+        self._markers[engine] = marker
         self._baselines[engine] = new
         self._streams.update(new_streams)
         self._counters.update(new_counters)

@@ -339,3 +339,28 @@ async def test_counter_names_of_a_finished_epoch_are_forgotten(tmp_path):
         )
         await journal.commit_sample(again, sampled_at_ms=4)
         assert (await journal.outbox_totals())[("user-1", ENGINE_PROXY, "2")] == (4, 0)
+
+
+async def test_epoch_marker_is_kept_with_its_epoch(tmp_path):
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal:
+        assert await journal.epoch_marker(ENGINE_PROXY) is None
+        sample = compute_deltas({}, readings(1), engine=ENGINE_PROXY, epoch="1", resolve=RESOLVE)
+        await journal.commit_sample(sample, sampled_at_ms=1, epoch_marker="start=1000")
+        await sample_step(journal, 2)  # no marker given: kept
+        assert await journal.epoch_marker(ENGINE_PROXY) == "start=1000"
+    async with open_journal(path) as journal:
+        assert await journal.epoch_marker(ENGINE_PROXY) == "start=1000"
+        # a new epoch without a marker clears the old epoch's marker
+        await sample_step(journal, 1, epoch="2")
+        assert await journal.epoch_marker(ENGINE_PROXY) == ""
+        sample = compute_deltas(
+            await journal.baselines(ENGINE_PROXY, "2"),
+            readings(2),
+            engine=ENGINE_PROXY,
+            epoch="2",
+            resolve=RESOLVE,
+        )
+        await journal.commit_sample(sample, sampled_at_ms=3, epoch_marker="start=5000")
+    async with open_journal(path) as journal:
+        assert await journal.epoch_marker(ENGINE_PROXY) == "start=5000"

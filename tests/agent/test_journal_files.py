@@ -171,7 +171,7 @@ def build_v1(path: Path) -> None:
         """
         BEGIN;
         UPDATE seqs SET high = 7, acked = 5, handed_out = 6;
-        INSERT INTO epochs VALUES ('proxy', '3', 1000);
+        INSERT INTO epochs VALUES ('proxy', '3', 1000, 'core-start=990');
         INSERT INTO counters VALUES (1, 'proxy', 'user>>>a@x>>>traffic>>>uplink');
         INSERT INTO counters VALUES (2, 'proxy', 'user>>>b@x>>>traffic>>>uplink');
         INSERT INTO baselines VALUES (1, '3', 900);
@@ -191,6 +191,7 @@ async def test_upgrade_from_schema_1_keeps_everything(tmp_path):
     build_v1(path)
     async with open_journal(path) as journal:
         assert await journal.current_epoch(ENGINE_PROXY) == "3"
+        assert await journal.epoch_marker(ENGINE_PROXY) == "core-start=990"
         assert await journal.baselines(ENGINE_PROXY, "3") == {"user>>>a@x>>>traffic>>>uplink": 900}
         rows = await journal.pending(5, 10)
         assert [(r.seq, r.user_id, r.uplink, r.downlink) for r in rows] == [

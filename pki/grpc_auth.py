@@ -11,7 +11,7 @@ from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
-from edgeward.pki.errors import PeerRejected
+from edgeward.pki.errors import InvalidInput, PeerRejected, PkiError, TokenRejected
 from edgeward.pki.names import Identity, Kind
 from edgeward.pki.tls import peer_cert_der
 from edgeward.pki.verify import Verifier, WrongKind
@@ -19,6 +19,8 @@ from edgeward.pki.verify import Verifier, WrongKind
 current_identity: contextvars.ContextVar[Identity] = contextvars.ContextVar(
     "edgeward_peer_identity"
 )
+# The checked peer certificate (DER), e.g. for `authority.renew` on the node stream.
+current_peer_cert: contextvars.ContextVar[bytes] = contextvars.ContextVar("edgeward_peer_cert")
 
 
 def rejection_status(error: PeerRejected) -> GRPCError:
@@ -45,12 +47,27 @@ def install_peer_check(
         if event.method_name in open_methods:
             return
         wanted = expect(event.method_name) if callable(expect) else expect
+        der = peer_cert_der(event.peer)
         try:
-            identity = verifier.check_peer(peer_cert_der(event.peer), expect=wanted)
+            identity = verifier.check_peer(der, expect=wanted)
         except PeerRejected as e:
             if on_reject is not None:
                 on_reject(event.method_name, e)
             raise rejection_status(e) from None
         current_identity.set(identity)
+        assert der is not None  # check_peer refuses a missing certificate
+        current_peer_cert.set(der)
 
     listen(server, RecvRequest, on_recv_request)
+
+
+def pki_error_status(error: PkiError) -> GRPCError:
+    """The gRPC answer for a refused enrollment/renewal: a bad token is a permission
+    problem, a bad CSR or node id an invalid argument."""
+    if isinstance(error, PeerRejected):
+        return rejection_status(error)
+    if isinstance(error, TokenRejected):
+        return GRPCError(Status.PERMISSION_DENIED, str(error))
+    if isinstance(error, InvalidInput):
+        return GRPCError(Status.INVALID_ARGUMENT, str(error))
+    return GRPCError(Status.FAILED_PRECONDITION, str(error))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 
 import pytest
 import trio
+import trio.testing
 
 from edgeward.agent.deltas import (
     DOWNLINK,
@@ -364,3 +366,27 @@ async def test_epoch_marker_is_kept_with_its_epoch(tmp_path):
         await journal.commit_sample(sample, sampled_at_ms=3, epoch_marker="start=5000")
     async with open_journal(path) as journal:
         assert await journal.epoch_marker(ENGINE_PROXY) == "start=5000"
+
+
+async def test_cancelled_commit_is_whole_or_absent(tmp_path):
+    async with open_journal(tmp_path / "j.db") as journal:
+        sample = compute_deltas({}, readings(1), engine=ENGINE_PROXY, epoch="1", resolve=RESOLVE)
+        # cancelled before it reaches the writer: nothing stored
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await journal.commit_sample(sample, sampled_at_ms=1)
+        assert scope.cancelled_caught
+        assert (await journal.outbox_stats()).rows == 0
+        assert await journal.baselines(ENGINE_PROXY, "1") == {}
+
+        # cancelled while its SQL runs on the worker thread: the transaction
+        # still finishes, and memory follows the file
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(journal.commit_sample, sample, sampled_at_ms=1))
+            await trio.testing.wait_all_tasks_blocked()  # it is waiting on its thread
+            nursery.cancel_scope.cancel()
+        stats = await journal.outbox_stats()
+        assert (stats.rows, stats.high_seq) == (5, 5)
+        assert await journal.baselines(ENGINE_PROXY, "1") == readings(1)
+    async with open_journal(tmp_path / "j.db") as journal:
+        assert (await journal.outbox_stats()).rows == 5

@@ -30,18 +30,18 @@ from typing import ParamSpec, TypeVar
 import trio
 
 from edgeward.agent.deltas import Sample
-from edgeward.agent.journal_schema import SCHEMA_VERSION, JournalError, JournalFullError
-from edgeward.agent.journal_store import (
+from edgeward.agent.journal_records import (
     AckAheadError,
     CompactResult,
     EnforcementState,
-    JournalStore,
     Lease,
     LocalDecision,
     OutboxStats,
     PendingDelta,
     StreamKey,
 )
+from edgeward.agent.journal_schema import SCHEMA_VERSION, JournalError, JournalFullError
+from edgeward.agent.journal_store import JournalStore
 
 __all__ = [
     "SCHEMA_VERSION",

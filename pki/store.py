@@ -258,7 +258,7 @@ class CAStore:
     def tokens(self) -> list[TokenRecord]:
         rows = self._query(
             "SELECT token_id, node_id, expires_at, minted_at, used_at, used_serial "
-            "FROM tokens ORDER BY minted_at, token_id"
+            "FROM tokens ORDER BY minted_at, rowid"
         )
         return [
             TokenRecord(
@@ -332,7 +332,7 @@ class CAStore:
         if name is not None:
             sql += " AND name = ?"
             args.append(name)
-        sql += " ORDER BY issued_at, i.serial"
+        sql += " ORDER BY issued_at, i.rowid"
         return [
             IssuedRecord(
                 serial=int(r[0], 16),
@@ -383,7 +383,9 @@ class CAStore:
         )
 
     def revoked(self) -> list[tuple[int, datetime, str]]:
-        rows = self._query("SELECT serial, revoked_at, reason FROM revoked ORDER BY revoked_at")
+        rows = self._query(
+            "SELECT serial, revoked_at, reason FROM revoked ORDER BY revoked_at, rowid"
+        )
         return [(int(s, 16), _dt(t), reason) for s, t, reason in rows]  # type: ignore[misc]
 
 

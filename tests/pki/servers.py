@@ -3,6 +3,7 @@ mTLS and interop tests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import ssl
@@ -81,6 +82,29 @@ async def serving(pki: Pki) -> AsyncIterator[tuple[int, Seen]]:
     finally:
         server.close()
         await server.wait_closed()
+        await connections_drained(port)
+
+
+def open_server_side_connections(port: int) -> int:
+    """Connections on our loopback `port` still open on the server side (ESTABLISHED or
+    CLOSE_WAIT), from /proc/net/tcp."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and fields[3] in ("01", "08"):
+            count += 1
+    return count
+
+
+async def connections_drained(port: int) -> None:
+    """grpclib's close() does not reach connections still in the TLS handshake (e.g. a
+    grpcio client's reconnect); asyncio closes them once it reads the client's EOF.
+    Give the loop turns until that happened (bounded), so no transport is left to leak."""
+    for _ in range(300):
+        if open_server_side_connections(port) == 0:
+            return
+        await asyncio.sleep(0.01)
 
 
 def context_for(pki: Pki, client: PemFiles | None, ca_file: Path | None = None) -> ssl.SSLContext:

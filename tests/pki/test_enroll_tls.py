@@ -25,7 +25,7 @@ from edgeward.pki.store import CAStore
 from edgeward.pki.tls import client_context, server_context
 from edgeward.pki.verify import Verifier
 from edgeward.proto import v1
-from tests.pki.servers import Pki, Seen, StatusService, node_files
+from tests.pki.servers import Pki, Seen, StatusService, connections_drained, node_files
 
 ENROLL = "/edgeward.v1.NodeService/Enroll"
 
@@ -53,11 +53,13 @@ async def central(pki: Pki) -> AsyncIterator[tuple[int, Seen]]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     await server.start(sock=sock, ssl=ctx)
+    port = sock.getsockname()[1]
     try:
-        yield sock.getsockname()[1], seen
+        yield port, seen
     finally:
         server.close()
         await server.wait_closed()
+        await connections_drained(port)
 
 
 def test_node_enrolls_without_a_cert_then_connects_with_mtls(pki: Pki, tmp_path: Path) -> None:
@@ -167,8 +169,8 @@ def test_node_renews_over_its_mtls_stream_and_uses_the_new_cert(pki: Pki, tmp_pa
         await server.start(
             sock=sock, ssl=server_context(pki.server.cert, pki.server.key, pki.ca_file)
         )
+        port = sock.getsockname()[1]
         try:
-            port = sock.getsockname()[1]
             ctx = client_context(pki.ca_file, current.cert, current.key)
             channel = Channel("127.0.0.1", port, ssl=ctx)
             try:
@@ -187,6 +189,7 @@ def test_node_renews_over_its_mtls_stream_and_uses_the_new_cert(pki: Pki, tmp_pa
         finally:
             server.close()
             await server.wait_closed()
+            await connections_drained(port)
         return replies, status, seen.identities
 
     replies, status, identities = asyncio.run(run())

@@ -132,7 +132,9 @@ class Template:
     client_auth: bool = False
 
 
-def create_ca(key: PrivateKey, name: str, now: datetime, validity: timedelta = CA_VALIDITY):
+def create_ca(
+    key: PrivateKey, name: str, now: datetime, validity: timedelta = CA_VALIDITY
+) -> Certificate:
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "edgeward"),

@@ -47,6 +47,9 @@ def refusals(fn: F) -> F:
         except PkiError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except OSError as e:  # unreadable CA files, unwritable output, full disk
+            click.echo(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
 
@@ -64,10 +67,15 @@ def identity_json(identity: Identity) -> dict[str, object]:
     }
 
 
-def refuse_existing(*paths: Path, force: bool) -> None:
+def check_outputs(*paths: Path, force: bool) -> None:
+    """Refuse before anything is issued: existing files (without --force) or an output
+    directory that does not exist."""
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
         raise PkiError(f"refusing to overwrite {', '.join(existing)} (use --force)")
+    for parent in {p.parent for p in paths}:
+        if not parent.is_dir():
+            raise PkiError(f"output directory {parent} does not exist")
 
 
 @click.group()
@@ -156,7 +164,7 @@ def sign_csr(
     valid for NODE_ID and is spent; without, the operator's CA access is the authority."""
     csr_pem = csr_file.read()
     if out is not None:
-        refuse_existing(out, force=force)
+        check_outputs(out, force=force)
     with env.open() as store:
         now, validity = env.clock(), timedelta(days=days)
         if token_value is not None:
@@ -171,7 +179,6 @@ def sign_csr(
 
 
 def write_issued(issued: authority.Issued, out_dir: Path, stem: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
     assert issued.key_pem is not None
     atomic_write(out_dir / f"{stem}.key", issued.key_pem, 0o600)
     atomic_write(out_dir / f"{stem}.crt", issued.cert_pem, 0o644)
@@ -183,7 +190,12 @@ def write_issued(issued: authority.Issued, out_dir: Path, stem: str) -> None:
 @pki.command("issue-server")
 @click.argument("name", default="central")
 @click.option("--host", "hosts", multiple=True, required=True, help="DNS name or IP (repeat).")
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--out-dir",
+    type=click.Path(exists=True, file_okay=False, writable=True, path_type=Path),
+    required=True,
+    help="Existing directory for NAME.crt and NAME.key.",
+)
 @click.option("--days", type=click.IntRange(1, 3650), default=365, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing files in --out-dir.")
 @pass_env
@@ -192,7 +204,7 @@ def issue_server(
     env: Env, name: str, hosts: tuple[str, ...], out_dir: Path, days: int, force: bool
 ) -> None:
     """Issue central's server certificate (NAME.crt, NAME.key) for its hostnames/IPs."""
-    refuse_existing(out_dir / f"{name}.crt", out_dir / f"{name}.key", force=force)
+    check_outputs(out_dir / f"{name}.crt", out_dir / f"{name}.key", force=force)
     with env.open() as store:
         issued = authority.issue_server(store, name, list(hosts), env.clock(), timedelta(days=days))
     write_issued(issued, out_dir, name)
@@ -201,14 +213,19 @@ def issue_server(
 @pki.command("issue-admin")
 @click.argument("name")
 @click.option("--role", type=click.Choice(ROLES), required=True)
-@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--out-dir",
+    type=click.Path(exists=True, file_okay=False, writable=True, path_type=Path),
+    required=True,
+    help="Existing directory for NAME.crt and NAME.key.",
+)
 @click.option("--days", type=click.IntRange(1, 3650), default=90, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite existing files in --out-dir.")
 @pass_env
 @refusals
 def issue_admin(env: Env, name: str, role: str, out_dir: Path, days: int, force: bool) -> None:
     """Issue an admin client certificate carrying ROLE (NAME.crt, NAME.key)."""
-    refuse_existing(out_dir / f"{name}.crt", out_dir / f"{name}.key", force=force)
+    check_outputs(out_dir / f"{name}.crt", out_dir / f"{name}.key", force=force)
     with env.open() as store:
         issued = authority.issue_admin(store, name, role, env.clock(), timedelta(days=days))
     write_issued(issued, out_dir, name)

@@ -35,11 +35,7 @@ def check_peer_cert(
     """
     if cert is None or cert == b"":
         raise PeerRejected("peer presented no client certificate")
-    if isinstance(cert, bytes):
-        try:
-            cert = certs.load_cert(cert)
-        except InvalidInput as e:
-            raise PeerRejected(f"certificate is unreadable: {e}") from None
+    cert = _as_cert(cert)
     if not certs.is_issued_by(cert, ca_cert):
         raise PeerRejected("certificate was not issued by this edgeward CA")
     if now < cert.not_valid_before_utc:
@@ -73,8 +69,7 @@ def check_server_cert(
     cert: x509.Certificate | bytes, ca_cert: x509.Certificate, now: datetime
 ) -> Identity:
     """For agents and admins: the identity of central's server certificate."""
-    if isinstance(cert, bytes):
-        cert = certs.load_cert(cert)
+    cert = _as_cert(cert)
     if not certs.is_issued_by(cert, ca_cert):
         raise PeerRejected("server certificate was not issued by this edgeward CA")
     if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
@@ -83,6 +78,15 @@ def check_server_cert(
     if identity.kind != "central" or not certs.has_usage(cert, ExtendedKeyUsageOID.SERVER_AUTH):
         raise PeerRejected("certificate is not an edgeward central server certificate")
     return identity
+
+
+def _as_cert(cert: x509.Certificate | bytes) -> x509.Certificate:
+    if isinstance(cert, x509.Certificate):
+        return cert
+    try:
+        return certs.load_cert(cert)
+    except InvalidInput as e:
+        raise PeerRejected(f"certificate is unreadable: {e}") from None
 
 
 class Verifier:

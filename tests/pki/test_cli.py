@@ -156,6 +156,7 @@ def test_sign_csr_refuses_to_overwrite_output(ca: Cli, tmp_path: Path) -> None:
 
 def test_issue_server_and_admin_write_cert_and_private_key(ca: Cli, tmp_path: Path) -> None:
     out = tmp_path / "central"
+    out.mkdir()
     server = ca("issue-server", "--host", "central.example.org", "--host", "10.0.0.1",
                 "--out-dir", str(out))  # fmt: skip
     assert server.exit_code == 0, server.output
@@ -163,6 +164,7 @@ def test_issue_server_and_admin_write_cert_and_private_key(ca: Cli, tmp_path: Pa
     identity = certs.identity_of(certs.load_cert((out / "central.crt").read_bytes()))
     assert identity.kind == "central"
 
+    (tmp_path / "adm").mkdir()
     admin = ca("issue-admin", "alice", "--role", "operator", "--out-dir", str(tmp_path / "adm"))
     assert admin.exit_code == 0
     verified = ca("verify", "--json", str(tmp_path / "adm" / "alice.crt"))
@@ -186,12 +188,37 @@ def test_issue_admin_with_bad_role_is_a_usage_error(ca: Cli, tmp_path: Path) -> 
 
 
 def test_issue_server_with_bad_host_writes_nothing(ca: Cli, tmp_path: Path) -> None:
+    (tmp_path / "x").mkdir()
     before = snapshot_dir(ca.ca_dir)
     result = ca("issue-server", "--host", "bad host", "--out-dir", str(tmp_path / "x"))
     assert result.exit_code == 1
     assert "error: invalid hostname 'bad host'" in result.stderr
-    assert not (tmp_path / "x").exists()
+    assert list((tmp_path / "x").iterdir()) == []
     assert snapshot_dir(ca.ca_dir) == before
+
+
+def test_issue_refuses_existing_files_and_missing_dirs_before_issuing(
+    ca: Cli, tmp_path: Path
+) -> None:
+    out = tmp_path / "adm"
+    out.mkdir()
+    (out / "alice.key").write_text("old key")
+    before = snapshot_dir(ca.ca_dir)
+    kept = ca("issue-admin", "alice", "--role", "admin", "--out-dir", str(out))
+    assert kept.exit_code == 1
+    assert "refusing to overwrite" in kept.stderr and "alice.key" in kept.stderr
+    assert (out / "alice.key").read_text() == "old key"
+    assert not (out / "alice.crt").exists()
+    missing = ca("issue-admin", "alice", "--role", "admin", "--out-dir", str(tmp_path / "no"))
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
+    no_dir = ca("sign-csr", "edge-1", "-", "--out", str(tmp_path / "no" / "c.crt"),
+                stdin=csr_for("edge-1")[1])  # fmt: skip
+    assert no_dir.exit_code == 1
+    assert "output directory" in no_dir.stderr and "does not exist" in no_dir.stderr
+    assert snapshot_dir(ca.ca_dir) == before
+    forced = ca("issue-admin", "alice", "--role", "admin", "--out-dir", str(out), "--force")
+    assert forced.exit_code == 0
+    assert certs.load_private_key((out / "alice.key").read_bytes())
 
 
 def test_revoke_then_verify_and_show(ca: Cli, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""Single use across processes: several processes race to enroll with the same token
-against one CA directory; exactly one certificate is issued per token."""
+"""State shared across processes: several processes race to enroll with the same token
+against one CA directory (exactly one certificate is issued per token); a revocation
+made by the CLI applies to a verifier another process already holds open."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ import json
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from edgeward.pki import authority
+from edgeward.pki.errors import PeerRejected
 from edgeward.pki.store import CAStore
+from edgeward.pki.verify import Verifier
 
 RACER = r"""
 import json, sys, time
@@ -39,8 +45,6 @@ print(json.dumps(results))
 
 
 def test_each_token_is_spent_exactly_once_across_processes(tmp_path: Path) -> None:
-    from datetime import UTC, datetime
-
     now = datetime.now(UTC)
     ca_dir = tmp_path / "ca"
     with CAStore.init(ca_dir, "race", now) as store:
@@ -77,3 +81,23 @@ def test_each_token_is_spent_exactly_once_across_processes(tmp_path: Path) -> No
         recorded = sorted(f"{r.serial:x}" for r in store.issued())
         assert recorded == sorted(issued_serials)
         assert all(t.used_at is not None for t in store.tokens())
+
+
+def test_revocation_by_the_cli_process_applies_to_an_open_verifier(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    ca_dir = tmp_path / "ca"
+    with CAStore.init(ca_dir, "live", now) as store:
+        issued = authority.issue_node(store, "edge-1", now)
+        verifier = Verifier.from_store(store)  # what a running central holds
+        assert verifier.check_peer(issued.cert_pem).node_id == "edge-1"
+        edgeward = Path(sys.executable).with_name("edgeward")
+        done = subprocess.run(
+            [str(edgeward), "pki", "--ca-dir", str(ca_dir), "revoke", "edge-1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("revoked ")
+        with pytest.raises(PeerRejected, match="is revoked"):
+            verifier.check_peer(issued.cert_pem)

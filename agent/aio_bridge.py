@@ -31,8 +31,18 @@ import trio
 import trio_asyncio
 from grpclib.client import Channel
 from grpclib.const import Cardinality
+from grpclib.encoding.proto import ProtoCodec
 
 DEFAULT_CONCURRENCY = 16
+
+
+class _PassthroughCodec(ProtoCodec):
+    """grpclib's protobuf codec, plus requests given as already-encoded bytes."""
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, bytes):
+            return message
+        return super().encode(message, message_type)
 
 
 class AsyncioIsland:
@@ -80,7 +90,7 @@ async def open_island() -> AsyncIterator[AsyncioIsland]:
 
 @dataclass(frozen=True, slots=True)
 class UnaryCall:
-    """One unary gRPC call: path, request message, reply message class."""
+    """One unary gRPC call: path, request (message or its encoded bytes), reply class."""
 
     path: str
     request: Any
@@ -112,7 +122,7 @@ class GrpcClient:
         ssl_context: ssl.SSLContext | None = None,
     ) -> GrpcClient:
         async def build() -> Channel:
-            return Channel(host, port, ssl=ssl_context)
+            return Channel(host, port, ssl=ssl_context, codec=_PassthroughCodec())
 
         channel = await island.run(build)
         client = cls(island, channel)

@@ -236,7 +236,7 @@ class CoreDriver:
 
     # ------------------------------------------------------------ user operations
 
-    async def _alter_many(self, requests: list[core.AlterInboundRequest]) -> list[object]:
+    async def _alter_many(self, requests: list[bytes]) -> list[object]:
         path = self.flavor.handler_path("AlterInbound")
         calls = [self._call(path, r, core.AlterInboundResponse) for r in requests]
         return await self._client.call_many(calls, concurrency=self.concurrency)
@@ -248,7 +248,7 @@ class CoreDriver:
         """Remove by email; a user the core does not have counts as removed."""
         report = ApplyReport()
         requests = [
-            self.flavor.remove_user_request(c.item.inbound_tag, c.item.email) for c in changes
+            self.flavor.remove_user_bytes(c.item.inbound_tag, c.item.email) for c in changes
         ]
         for change, result in zip(changes, await self._alter_many(requests), strict=True):
             if not isinstance(result, Exception) or _ends_with(result, NOT_FOUND):
@@ -261,10 +261,10 @@ class CoreDriver:
         """Add; an existing email holding another credential is replaced."""
         report = ApplyReport()
         sendable: list[Change[ProxyUser]] = []
-        requests: list[core.AlterInboundRequest] = []
+        requests: list[bytes] = []
         for change in changes:
             try:
-                requests.append(self.flavor.add_user_request(change.item))
+                requests.append(self.flavor.add_user_bytes(change.item))
                 sendable.append(change)
             except UnsupportedByFlavor as e:
                 report.errors.append(CoreOpError(Op.ADD, change, str(e)))
@@ -292,7 +292,7 @@ class CoreDriver:
             await self._client.call(
                 self._call(
                     self.flavor.handler_path("AlterInbound"),
-                    self.flavor.add_user_request(user),
+                    self.flavor.add_user_bytes(user),
                     core.AlterInboundResponse,
                 )
             )
@@ -344,7 +344,7 @@ class CoreDriver:
         report = ApplyReport()
         removed = await self.remove_users(changes)
         report.errors += removed.errors
-        requests = [self.flavor.add_user_request(c.item) for c in removed.removed]
+        requests = [self.flavor.add_user_bytes(c.item) for c in removed.removed]
         for change, result in zip(removed.removed, await self._alter_many(requests), strict=True):
             if isinstance(result, Exception):
                 report.errors.append(self._error(Op.ADD, change, result))

@@ -109,6 +109,39 @@ class Flavor:
             return ProxyUser(inbound_tag, ProxyProtocol.SHADOWSOCKS_2022, email, a.key)
         raise ValueError(f"unknown account type {account.type!r} for {email!r}")
 
+    # ------------------------------------------------------------ fast encoding
+
+    def add_user_bytes(self, user: ProxyUser) -> bytes:
+        """`bytes(add_user_request(user))`, built directly: a re-fill encodes
+        thousands of these and the generic message encoder is ~10x slower."""
+        p = user.protocol
+        self.check_supported(user)
+        if p is ProxyProtocol.VLESS:
+            short = "proxy.vless.Account"
+            account = _str(1, user.secret) + _str(2, user.flow)
+        elif p is ProxyProtocol.VMESS:
+            short = "proxy.vmess.Account"
+            account = _str(1, user.secret) + _ld(3, _varint_field(1, VMESS_SECURITY_AUTO))
+        elif p is ProxyProtocol.TROJAN:
+            short, account = "proxy.trojan.Account", _str(1, user.secret)
+        elif p is ProxyProtocol.SHADOWSOCKS:
+            short = "proxy.shadowsocks.Account"
+            account = _str(1, user.secret) + _varint_field(2, self.ciphers[user.cipher])
+        else:
+            short, account = "proxy.shadowsocks_2022.Account", _str(1, user.secret)
+        typed_account = _str(1, self.prefix + short) + _ld(2, account)
+        operation = _ld(1, _str(2, user.email) + _ld(3, typed_account))
+        typed_op = _str(1, self.prefix + "app.proxyman.command.AddUserOperation") + _ld(
+            2, operation
+        )
+        return _str(1, user.inbound_tag) + _ld(2, typed_op)
+
+    def remove_user_bytes(self, inbound_tag: str, email: str) -> bytes:
+        typed_op = _str(1, self.prefix + "app.proxyman.command.RemoveUserOperation") + _ld(
+            2, _str(1, email)
+        )
+        return _str(1, inbound_tag) + _ld(2, typed_op)
+
     # ------------------------------------------------------------ requests
 
     def add_user_request(self, user: ProxyUser) -> core.AlterInboundRequest:
@@ -131,6 +164,30 @@ class Flavor:
                 value=bytes(core.RemoveUserOperation(email=email)),
             ),
         )
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _ld(field_no: int, payload: bytes) -> bytes:
+    """A length-delimited field; proto3 leaves out empty ones."""
+    if not payload:
+        return b""
+    return _varint(field_no << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _str(field_no: int, value: str) -> bytes:
+    return _ld(field_no, value.encode())
+
+
+def _varint_field(field_no: int, value: int) -> bytes:
+    return _varint(field_no << 3) + _varint(value) if value else b""
 
 
 XRAY = Flavor(

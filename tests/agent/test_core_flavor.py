@@ -181,3 +181,28 @@ def test_unknown_flavor_is_a_clear_error():
         ValueError, match="unknown core flavor 'sing-box'; expected one of v2fly, xray"
     ):
         flavor_by_name("sing-box")
+
+
+FAST_CASES = [
+    ProxyUser("vl", ProxyProtocol.VLESS, "a@x", U1),
+    ProxyUser("vl", ProxyProtocol.VLESS, "ünïcode-" + "e" * 300, U1, flow="xtls-rprx-vision"),
+    ProxyUser("vm", ProxyProtocol.VMESS, "b@x", U1),
+    ProxyUser("tj", ProxyProtocol.TROJAN, "c@x", "p" * 200),
+    ProxyUser("ss", ProxyProtocol.SHADOWSOCKS, "d@x", "pw", cipher="aes-128-gcm"),
+    ProxyUser("s2", ProxyProtocol.SHADOWSOCKS_2022, "e@x", "a2V5"),
+]
+
+
+@pytest.mark.parametrize("flavor", [XRAY, V2FLY], ids=["xray", "v2fly"])
+@pytest.mark.parametrize("user", FAST_CASES, ids=lambda u: f"{u.protocol.value}-{len(u.email)}")
+def test_fast_encoding_is_byte_identical_to_the_messages(flavor, user):
+    try:
+        expected = bytes(flavor.add_user_request(user))
+    except UnsupportedByFlavor:
+        with pytest.raises(UnsupportedByFlavor):
+            flavor.add_user_bytes(user)
+        return
+    assert flavor.add_user_bytes(user) == expected
+    assert flavor.remove_user_bytes(user.inbound_tag, user.email) == bytes(
+        flavor.remove_user_request(user.inbound_tag, user.email)
+    )

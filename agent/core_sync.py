@@ -104,10 +104,17 @@ class PassReport:
     applied: ApplyReport = field(default_factory=ApplyReport)
     refusals: tuple[Refusal, ...] = ()
     listed: bool = False  # observed state came from the core's own listing
+    held: int = 0  # credentials the core holds for us after the pass
 
     @property
     def ok(self) -> bool:
         return not self.applied.errors
+
+    def problems(self) -> list[tuple[str | None, str]]:
+        """(user_id or None for an orphan, message) for every refusal and core error."""
+        out: list[tuple[str | None, str]] = [(r.user_id, str(r)) for r in self.refusals]
+        out += [(e.change.user_id, str(e)) for e in self.applied.errors]
+        return out
 
 
 def _wall_ms() -> int:
@@ -289,6 +296,7 @@ class CoreSync:
             applied=applied,
             refusals=plan.refusals,
             listed=listed is not None,
+            held=len(self.applied),
         )
         self.last_pass = report
         self.passes += 1

@@ -178,3 +178,38 @@ async def test_conflicting_uuid_is_refused_and_reported(v2ray_core):
         assert refusal.user_id == "m" and alice.secret in refusal.reason
         assert not await in_core(v2ray_core, mallory)
         nursery.cancel_scope.cancel()
+
+
+async def test_expiry_removes_without_a_new_desired_state(v2ray_core):
+    # `now` is injected: the wall clock the sync loop reconciles with.
+    now = [WALL]
+    alice, bob = vless_user("alice@vless"), vless_user("bob@vless")
+    desired = DesiredState(
+        1, (DesiredUser("a", (alice,), expires_at_ms=WALL + 60_000), DesiredUser("b", (bob,)))
+    )
+    async with open_island() as island, trio.open_nursery() as nursery:
+        driver = await CoreDriver.open(island, "127.0.0.1", v2ray_core.api_port, V2FLY)
+        sync = CoreSync(driver, desired=desired, poll_interval=0.2, wall_ms=lambda: now[0])
+        await nursery.start(sync.run)
+        await wait_until(lambda: len(sync.applied) == 2, "both applied")
+        now[0] = WALL + 60_000
+        await wait_until(lambda: len(sync.applied) == 1, "alice expired")
+        assert sync.last_pass is not None and sync.last_pass.held == 1
+        assert await in_core(v2ray_core, bob)
+        assert not await in_core(v2ray_core, alice)
+        nursery.cancel_scope.cancel()
+
+
+async def test_core_errors_are_reported_per_user_and_retried(v2ray_core):
+    alice = vless_user("alice@vless")
+    stray = ProxyUser("no-such-in", ProxyProtocol.VLESS, "zed@vless", str(uuid.uuid4()))
+    desired = DesiredState(1, (DesiredUser("a", (alice,)), DesiredUser("z", (stray,))))
+    async with open_island() as island, trio.open_nursery() as nursery:
+        driver = await CoreDriver.open(island, "127.0.0.1", v2ray_core.api_port, V2FLY)
+        sync = CoreSync(driver, desired=desired, poll_interval=0.1)
+        await nursery.start(sync.run)
+        await wait_until(lambda: sync.passes >= 3, "a few passes")
+        assert set(sync.applied) == {alice.key}
+        (problem,) = sync.last_pass.problems()
+        assert problem[0] == "z" and "handler not found: no-such-in" in problem[1]
+        nursery.cancel_scope.cancel()

@@ -110,19 +110,27 @@ class Plan:
 # ---------------------------------------------------------------- per-engine rules
 
 
-def _proxy_unique(user: ProxyUser) -> Iterable[tuple[Hashable, str]]:
+def _proxy_unique(user: ProxyUser) -> tuple[Hashable, ...]:
+    return (user.secret_key,)
+
+
+def _proxy_unique_label(user: ProxyUser, key: Hashable) -> str:
     what = "UUID" if user.protocol in UUID_PROTOCOLS else "secret"
     shown = user.secret if user.protocol in UUID_PROTOCOLS else "(hidden)"
-    yield user.secret_key, f"{what} {shown} on inbound {user.inbound_tag!r}"
+    return f"{what} {shown} on inbound {user.inbound_tag!r}"
 
 
 def _proxy_describe(user: ProxyUser) -> str:
     return f"email {user.email!r} on inbound {user.inbound_tag!r}"
 
 
-def _wg_unique(peer: WireguardPeer) -> Iterable[tuple[Hashable, str]]:
-    for ip in peer.allowed_ips:
-        yield (peer.interface, ip), f"allowed IP {ip} on interface {peer.interface!r}"
+def _wg_unique(peer: WireguardPeer) -> tuple[Hashable, ...]:
+    return tuple((peer.interface, ip) for ip in peer.allowed_ips)
+
+
+def _wg_unique_label(peer: WireguardPeer, key: Hashable) -> str:
+    interface, ip = key  # type: ignore[misc]
+    return f"allowed IP {ip} on interface {interface!r}"
 
 
 def _wg_describe(peer: WireguardPeer) -> str:
@@ -137,7 +145,8 @@ def _plan_engine(
     claims: list[tuple[str, T]],
     observed: Iterable[T],
     ident: Callable[[T], Hashable],
-    unique: Callable[[T], Iterable[tuple[Hashable, str]]],
+    unique: Callable[[T], tuple[Hashable, ...]],
+    unique_label: Callable[[T, Hashable], str],
     describe: Callable[[T], str],
     reasons: dict[str, str] | None = None,
 ) -> EnginePlan[T]:
@@ -150,7 +159,9 @@ def _plan_engine(
 
     reasons = dict(reasons or {})
 
-    def refuse_contested(groups: dict[Hashable, list[tuple[str, T]]], label: dict) -> None:
+    def refuse_contested(
+        groups: dict[Hashable, list[tuple[str, T]]], label: Callable[[T, Hashable], str]
+    ) -> None:
         for key, claimants in groups.items():
             if len(claimants) < 2:
                 continue
@@ -168,25 +179,21 @@ def _plan_engine(
                     }
                 )
                 reasons[claim[0]] = (
-                    f"{label[key]} for {describe(claim[1])} is also claimed by "
+                    f"{label(claimants[0][1], key)} for {describe(claim[1])} is also claimed by "
                     + ", ".join(others)
                     + " (the engine would accept both and break one of them)"
                 )
 
     by_ident: dict[Hashable, list[tuple[str, T]]] = defaultdict(list)
-    ident_label: dict[Hashable, str] = {}
     by_unique: dict[Hashable, list[tuple[str, T]]] = defaultdict(list)
-    unique_label: dict[Hashable, str] = {}
     for claim in claims:
         key = ident(claim[1])
         by_ident[key].append(claim)
-        ident_label[key] = describe(claim[1])
-        for ukey, label in unique(claim[1]):
+        for ukey in unique(claim[1]):
             # One identity may list a unique key once; two identities may not share it.
             if all(ident(it) != key for _, it in by_unique[ukey]):
                 by_unique[ukey].append(claim)
-            unique_label[ukey] = label
-    refuse_contested(by_ident, ident_label)
+    refuse_contested(by_ident, lambda item, key: describe(item))
     refuse_contested(by_unique, unique_label)
 
     # A refused user's items stay as they are in the engine; an item to be
@@ -201,16 +208,16 @@ def _plan_engine(
             for key, it in observed_by_ident.items()
             if key in frozen_idents or (key in target and target[key][1] == it)
         ]
-        held = {ukey: it for it in staying for ukey, _ in unique(it)}
+        held = {ukey: it for it in staying for ukey in unique(it)}
         newly = False
         for key, (uid, it) in target.items():
             if observed_by_ident.get(key) == it:
                 continue
-            for ukey, label in unique(it):
+            for ukey in unique(it):
                 holder = held.get(ukey)
                 if holder is not None and ident(holder) != key:
                     reasons[uid] = (
-                        f"{label} for {describe(it)} is held in the engine by "
+                        f"{unique_label(it, ukey)} for {describe(it)} is held in the engine by "
                         f"{describe(holder)}, which stays (its user is refused)"
                     )
                     newly = True
@@ -312,7 +319,14 @@ def reconcile_proxies(
     claims, _ = applied_claims(desired, now_ms)
     reasons = _inbound_protocol_reasons(claims, observed, inbound_protocols or {})
     return _plan_engine(
-        Engine.PROXY, claims, observed, lambda u: u.key, _proxy_unique, _proxy_describe, reasons
+        Engine.PROXY,
+        claims,
+        observed,
+        lambda u: u.key,
+        _proxy_unique,
+        _proxy_unique_label,
+        _proxy_describe,
+        reasons,
     )
 
 
@@ -329,7 +343,13 @@ def reconcile_wireguard(
         observed = [p for p in observed if p.interface in names]
     _, claims = applied_claims(desired, now_ms)
     return _plan_engine(
-        Engine.WIREGUARD, claims, observed, lambda p: p.key, _wg_unique, _wg_describe
+        Engine.WIREGUARD,
+        claims,
+        observed,
+        lambda p: p.key,
+        _wg_unique,
+        _wg_unique_label,
+        _wg_describe,
     )
 
 

@@ -121,3 +121,39 @@ def test_debs_pass_lintian(packages: Packages):
     # packaging/README.md; an error or a new warning fails here
     assert tags == [], "\n".join(tags)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# MemoryDenyWriteExecute=yes in the units: the kernel's own switch (prctl
+# PR_SET_MDWE) refuses the same mappings; everything must still work under it.
+MDWE_PROBE = """
+import ctypes, importlib, mmap, pkgutil, sys
+if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, REFUSE_EXEC_GAIN
+    sys.exit(77)
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    sys.exit("a writable executable mapping was allowed: MDWE is not on")
+except PermissionError:
+    pass
+sys.path.insert(0, "/usr/lib/PACKAGE")
+import edgeward
+for module in pkgutil.walk_packages(edgeward.__path__, "edgeward."):
+    importlib.import_module(module.name)
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+ec.generate_private_key(ec.SECP256R1()).sign(b"x", ec.ECDSA(hashes.SHA256()))
+import asyncio, trio, trio_asyncio
+async def island():
+    async with trio_asyncio.open_loop():
+        await trio_asyncio.aio_as_trio(asyncio.sleep)(0.01)
+trio.run(island)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("package", [AGENT, CENTRAL])
+def test_program_works_with_memory_deny_write_execute(installed: Chroot, package):
+    probe = MDWE_PROBE.replace("PACKAGE", package)
+    done = installed.run("python3.11", "-I", "-S", "-c", probe, check=False)
+    if done.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux >= 6.3)")
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stdout + done.stderr

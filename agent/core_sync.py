@@ -158,6 +158,8 @@ class CoreSync:
         self.tracker = EpochTracker(known=known_epoch)
         self.epoch: Epoch | None = known_epoch
         self.epochs_seen = 0  # epochs started while running (the first one included)
+        # Why the current epoch started: "first contact", "uptime", "forgotten user".
+        self.epoch_evidence: str | None = None
         self.reachable = False
         # v2fly: what this agent applied in the current epoch, by (tag, email).
         self.applied: dict[tuple[str, str], ProxyUser] = {}
@@ -214,6 +216,7 @@ class CoreSync:
         self.reachable = True
         now = trio.current_time()
         new_epoch = self.tracker.observe(stats.uptime, now, self.wall_ms())
+        evidence = "uptime" if self.epoch is not None else "first contact"
         reconnected = self.driver.connection_generation != self._generation
         self._generation = self.driver.connection_generation
         if new_epoch is None and reconnected and self.applied:
@@ -221,7 +224,9 @@ class CoreSync:
             user = next(iter(self.applied.values()))
             if await self.driver.try_add(user):
                 new_epoch = self.tracker.force_new(stats.uptime, now, self.wall_ms())
+                evidence = "forgotten user"
         if new_epoch is not None:
+            self.epoch_evidence = evidence
             await self._start_epoch(new_epoch)
         drift_due = now - self._last_pass_at >= self.drift_interval
         if not (self._dirty or drift_due or self._expiry_due()):

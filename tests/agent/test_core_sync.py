@@ -114,6 +114,7 @@ async def test_restarted_core_is_refilled_without_being_told(
         await trio.to_thread.run_sync(v2ray_core.restart)
         assert v2ray_core.pid != first_pid
         await wait_until(lambda: len(epochs) == 2 and len(sync.applied) == 2, "re-fill")
+        assert sync.epoch_evidence in ("uptime", "forgotten user")
         assert epochs[0].id != epochs[1].id
         assert sync.epoch == epochs[1]
         assert await in_core(v2ray_core, alice) and await in_core(v2ray_core, bob)
@@ -213,3 +214,47 @@ async def test_core_errors_are_reported_per_user_and_retried(v2ray_core):
         (problem,) = sync.last_pass.problems()
         assert problem[0] == "z" and "handler not found: no-such-in" in problem[1]
         nursery.cancel_scope.cancel()
+
+
+class FirstOnlyTracker(EpochTracker):
+    """Sees the first epoch, never a restart: isolates the forgotten-user probe."""
+
+    def observe(self, uptime_s, now_mono, now_wall_ms):
+        if self.known is None:
+            return super().observe(uptime_s, now_mono, now_wall_ms)
+        return None
+
+
+async def test_restart_hidden_from_uptime_is_caught_by_the_probe(v2ray_core):
+    alice = vless_user("alice@vless")
+    async with open_island() as island:
+        driver = await CoreDriver.open(island, "127.0.0.1", v2ray_core.api_port, V2FLY)
+        sync = CoreSync(driver, desired=DesiredState(1, (DesiredUser("a", (alice,)),)))
+        sync.tracker = FirstOnlyTracker()
+        await sync._tick()
+        assert sync.epoch_evidence == "first contact" and set(sync.applied) == {alice.key}
+        first = sync.epoch
+
+        # The connection drops but the core lives on: the probe finds alice
+        # still there, so no new epoch (a false one would double-count traffic).
+        probes = []
+        real_try_add = driver.try_add
+
+        async def counting_try_add(user):
+            probes.append(user.email)
+            return await real_try_add(user)
+
+        driver.try_add = counting_try_add
+        await island.run(driver._client._close_in_asyncio)
+        await sync._tick()
+        assert driver.connection_generation == 2 and probes == ["alice@vless"]
+        assert sync.epoch == first and sync.epochs_seen == 1
+
+        # A real restart: the core forgot alice; the probe re-adds her and
+        # starts the new epoch, the pass re-fills.
+        await trio.to_thread.run_sync(v2ray_core.restart)
+        await sync._tick()
+        assert sync.epoch_evidence == "forgotten user"
+        assert sync.epochs_seen == 2 and sync.epoch != first
+        assert set(sync.applied) == {alice.key}
+        assert await in_core(v2ray_core, alice)

@@ -25,7 +25,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import trio
 import trio_asyncio
@@ -75,7 +75,7 @@ class _CorkedTransport:
 
 class _CorkedH2Protocol(H2Protocol):
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(_CorkedTransport(transport))
+        super().connection_made(cast(asyncio.Transport, _CorkedTransport(transport)))
 
 
 class _CorkedChannel(Channel):
@@ -187,6 +187,7 @@ class GrpcClient:
 
     async def _unary(self, call: UnaryCall) -> Any:
         try:
+            stream: Any
             async with self._channel.request(
                 call.path,
                 Cardinality.UNARY_UNARY,

@@ -23,7 +23,7 @@ import enum
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from .model import UUID_PROTOCOLS, DesiredState, ProxyProtocol, ProxyUser, WireguardPeer
 
@@ -129,7 +129,7 @@ def _wg_unique(peer: WireguardPeer) -> tuple[Hashable, ...]:
 
 
 def _wg_unique_label(peer: WireguardPeer, key: Hashable) -> str:
-    interface, ip = key  # type: ignore[misc]
+    interface, ip = cast(tuple[str, str], key)
     return f"allowed IP {ip} on interface {interface!r}"
 
 
@@ -361,12 +361,12 @@ def reconcile(
     inbound_protocols: Mapping[str, ProxyProtocol] | None = None,
 ) -> Plan:
     """Both engines' plans; an engine whose observed state is None gets an empty plan."""
-    proxy = (
+    proxy: ProxyPlan = (
         reconcile_proxies(desired, observed.proxies, now_ms, inbound_protocols=inbound_protocols)
         if observed.proxies is not None
         else EnginePlan()
     )
-    wireguard = (
+    wireguard: WireguardPlan = (
         reconcile_wireguard(desired, observed.wireguard, now_ms)
         if observed.wireguard is not None
         else EnginePlan()

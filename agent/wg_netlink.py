@@ -2,13 +2,17 @@
 
 pyroute2's socket API is blocking, so every call runs in a worker thread
 (`trio.to_thread.run_sync`) on a socket opened and closed inside that call:
-pyroute2 sockets are not meant to be shared between threads.
+pyroute2 sockets are not meant to be shared between threads. Opening one
+(a private asyncio loop plus a family lookup) is the main cost of a call, so
+`upsert_peers` applies a whole batch on one socket.
 
 Quirks handled here (pyroute2 0.9.7): `info()` returns a dump that a large
 device splits over several messages, and a peer with many allowed IPs is
 itself split: its first fragment carries the counters, later fragments only
-the public key and more allowed IPs. `set()` takes one peer per call; keys
-come back as base64 bytes; an unknown interface is NetlinkError(19).
+the public key and more allowed IPs. `set()` takes one peer per call, and one
+attribute holds at most 64 KiB (a peer with > 1000 allowed IPs is sent in
+several requests); keys come back as base64 bytes; an unknown interface is
+NetlinkError(19), a non-WireGuard one NetlinkError(95).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from edgeward.agent.wireguard import (
 )
 
 ZERO_KEY_B64 = "A" * 43 + "="
+# an allowed IP is <= 40 bytes of netlink attributes; the peer nest must stay < 64 KiB
+ALLOWED_IPS_PER_REQUEST = 1000
 
 
 # ---- pure dump merging ----------------------------------------------------
@@ -95,25 +101,37 @@ def fragments_of(messages: Iterable[Any]) -> list[dict[str, Any]]:
                 frag["rx_bytes"] = peer.get_attr("WGPEER_A_RX_BYTES")
                 frag["tx_bytes"] = peer.get_attr("WGPEER_A_TX_BYTES")
                 frag["has_preshared_key"] = psk is not None and _b64(psk) != ZERO_KEY_B64
-                frag["last_handshake"] = _handshake(peer.get_nla("WGPEER_A_LAST_HANDSHAKE_TIME"))
+                frag["last_handshake"] = _handshake(peer.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME"))
             out.append(frag)
     return out
 
 
-def peer_request(peer: PeerConfig) -> dict[str, Any]:
-    """The pyroute2 `peer` argument making `peer` exactly as described."""
-    req: dict[str, Any] = {
+def peer_requests(peer: PeerConfig) -> list[dict[str, Any]]:
+    """The pyroute2 `peer` arguments making `peer` exactly as described.
+
+    A netlink attribute holds at most 64 KiB, about 1600 allowed IPs: more
+    go in follow-up requests (update_only, appending), as wg(8) does. The
+    first request replaces the allowed IPs, so the result is exact."""
+    first: dict[str, Any] = {
         "public_key": peer.public_key,
         "replace_allowed_ips": True,
-        "allowed_ips": list(peer.allowed_ips),
+        "allowed_ips": list(peer.allowed_ips[:ALLOWED_IPS_PER_REQUEST]),
         "preshared_key": peer.preshared_key or ZERO_KEY_B64,
         "persistent_keepalive": peer.persistent_keepalive,
     }
     if peer.endpoint is not None:
         host, _, port = peer.endpoint.rpartition(":")
-        req["endpoint_addr"] = host.strip("[]")
-        req["endpoint_port"] = int(port)
-    return req
+        first["endpoint_addr"] = host.strip("[]")
+        first["endpoint_port"] = int(port)
+    rest = peer.allowed_ips[ALLOWED_IPS_PER_REQUEST:]
+    return [first] + [
+        {
+            "public_key": peer.public_key,
+            "update_only": True,
+            "allowed_ips": list(rest[i : i + ALLOWED_IPS_PER_REQUEST]),
+        }
+        for i in range(0, len(rest), ALLOWED_IPS_PER_REQUEST)
+    ]
 
 
 # ---- the blocking pyroute2 calls ------------------------------------------
@@ -173,21 +191,29 @@ class NetlinkBackend:
         finally:
             wg.close()
 
-    def _set_sync(self, iface: str, public_key: str, peer: dict[str, Any]) -> None:
+    def _set_sync(self, iface: str, batches: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        """Apply (public key, requests) batches in order on one socket."""
         wg = self._open(iface)
         try:
-            wg.set(iface, peer=peer)
-        except Exception as exc:
-            self._raise(iface, public_key, exc)
+            for public_key, requests in batches:
+                try:
+                    for request in requests:
+                        wg.set(iface, peer=request)
+                except Exception as exc:
+                    self._raise(iface, public_key, exc)
         finally:
             wg.close()
 
     async def upsert_peer(self, iface: str, peer: PeerConfig) -> None:
-        await trio.to_thread.run_sync(self._set_sync, iface, peer.public_key, peer_request(peer))
+        await self.upsert_peers(iface, [peer])
+
+    async def upsert_peers(self, iface: str, peers: list[PeerConfig]) -> None:
+        batches = [(peer.public_key, peer_requests(peer)) for peer in peers]
+        await trio.to_thread.run_sync(self._set_sync, iface, batches)
 
     async def remove_peer(self, iface: str, public_key: str) -> None:
         request = {"public_key": public_key, "remove": True}
-        await trio.to_thread.run_sync(self._set_sync, iface, public_key, request)
+        await trio.to_thread.run_sync(self._set_sync, iface, [(public_key, [request])])
 
     async def peers(self, iface: str) -> list[PeerState]:
         messages = await trio.to_thread.run_sync(self._dump_sync, iface)

@@ -130,6 +130,12 @@ def parse_get(text: str) -> tuple[dict[str, str], list[PeerState]]:
     return device, peers
 
 
+def check_set_answer(iface: str, public_key: str | None, answer: str) -> None:
+    errno = response_errno(answer)
+    if errno != 0:
+        raise PeerRejectedError(iface, public_key, errno, os.strerror(abs(errno)))
+
+
 # ---- the socket client ----------------------------------------------------
 
 
@@ -181,20 +187,34 @@ class UapiBackend:
         self.socket_dir = socket_dir
 
     async def _exchange(self, iface: str, text: str) -> str:
+        return (await self._exchange_many(iface, [text]))[0]
+
+    async def _exchange_many(self, iface: str, texts: list[str]) -> list[str]:
+        """Requests in order on one connection, each bounded in time."""
         with trio.fail_after(REQUEST_TIMEOUT):
             conn = await open_uapi(iface, self.socket_dir)
-            async with conn.stream:
-                return await conn.request(text)
+        answers = []
+        async with conn.stream:
+            for text in texts:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    answers.append(await conn.request(text))
+        return answers
 
     async def set_raw(self, iface: str, text: str, public_key: str | None = None) -> None:
         """Send one `set` request; a negative errno raises PeerRejectedError."""
-        answer = await self._exchange(iface, text)
-        errno = response_errno(answer)
-        if errno != 0:
-            raise PeerRejectedError(iface, public_key, errno, os.strerror(abs(errno)))
+        check_set_answer(iface, public_key, await self._exchange(iface, text))
 
     async def upsert_peer(self, iface: str, peer: PeerConfig) -> None:
         await self.set_raw(iface, format_upsert(peer), peer.public_key)
+
+    async def upsert_peers(self, iface: str, peers: list[PeerConfig]) -> None:
+        with trio.fail_after(REQUEST_TIMEOUT):
+            conn = await open_uapi(iface, self.socket_dir)
+        async with conn.stream:
+            for peer in peers:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    answer = await conn.request(format_upsert(peer))
+                check_set_answer(iface, peer.public_key, answer)
 
     async def remove_peer(self, iface: str, public_key: str) -> None:
         await self.set_raw(iface, format_remove(public_key), public_key)

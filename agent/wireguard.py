@@ -91,6 +91,7 @@ class Backend(Protocol):
     name: str
 
     async def upsert_peer(self, iface: str, peer: PeerConfig) -> None: ...
+    async def upsert_peers(self, iface: str, peers: list[PeerConfig]) -> None: ...
     async def remove_peer(self, iface: str, public_key: str) -> None: ...
     async def peers(self, iface: str) -> list[PeerState]: ...
     async def instance(self, iface: str) -> InterfaceInstance: ...
@@ -205,6 +206,14 @@ class WireGuard:
 
     async def upsert_peer(self, iface: str, peer: PeerConfig) -> None:
         await self.backend_for(iface).upsert_peer(iface, validate_peer(peer))
+
+    async def upsert_peers(self, iface: str, peers: list[PeerConfig]) -> None:
+        """Many upserts over one connection (one request per peer, in order).
+        All peers are validated before any is sent; a device error stops the
+        batch and names its peer, the peers before it stay applied."""
+        checked = [validate_peer(p) for p in peers]
+        if checked:
+            await self.backend_for(iface).upsert_peers(iface, checked)
 
     async def remove_peer(self, iface: str, public_key: str) -> None:
         decode_key(public_key, "public key")

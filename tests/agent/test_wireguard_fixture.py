@@ -24,7 +24,9 @@ def pid_alive(pid: int) -> bool:
 
 def test_wg_tool_configured_pair_carries_traffic_and_counts_it(wg_pair):
     a, b = wg_pair.a, wg_pair.b
-    assert not wg_pair.ping(a, b.tunnel, count=1), "no peers yet: the tunnel must be closed"
+    assert not wg_pair.ping(a, b.tunnel, count=1, deadline=2), (
+        "no peers yet: the tunnel must be closed"
+    )
     assert wg_pair.wg_dump_peers(a) == {}
 
     wg_pair.connect_with_wg_tool()

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,12 +127,35 @@ class WgPair:
             }
         return peers
 
-    def ping(self, src: WgEnd, dst: str, count: int = 3, size: int = 56) -> bool:
-        """True when every echo came back (bounded: 1 s per reply, 3+count s overall)."""
+    async def read_checked_by_wg(self, end: WgEnd, read: Callable[[], Awaitable[list]]) -> list:
+        """Call `read` (a driver's peer listing) between two `wg show dump`
+        readings and check it against them: same peers and allowed IPs, and
+        counters/handshake within [before, after] (a keepalive may pass)."""
+        before = self.wg_dump_peers(end)
+        peers = await read()
+        after = self.wg_dump_peers(end)
+        assert {p.public_key for p in peers} == set(before) == set(after)
+        assert len(peers) == len(after)
+        for p in peers:
+            old, new = before[p.public_key], after[p.public_key]
+            assert sorted(p.allowed_ips) == sorted(new["allowed_ips"])
+            assert p.has_preshared_key == new["preshared"]
+            assert old["rx_bytes"] <= p.rx_bytes <= new["rx_bytes"]
+            assert old["tx_bytes"] <= p.tx_bytes <= new["tx_bytes"]
+            assert old["last_handshake"] <= int(p.last_handshake or 0) <= new["last_handshake"]
+        return peers
+
+    def ping(
+        self, src: WgEnd, dst: str, count: int = 3, size: int = 56, deadline: int | None = None
+    ) -> bool:
+        """True when every echo came back within `deadline` seconds (default
+        3 + count: room for the first handshake). Expected failures pass a
+        short deadline, since a failing ping waits all of it."""
+        deadline = deadline or 3 + count
         proc = subprocess.run(
             ["ip", "netns", "exec", src.ns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2",
-             "-s", str(size), "-W", "1", "-w", str(3 + count), dst],
-            capture_output=True, text=True, timeout=CMD_TIMEOUT + count, check=False,
+             "-s", str(size), "-W", "1", "-w", str(deadline), dst],
+            capture_output=True, text=True, timeout=CMD_TIMEOUT + deadline, check=False,
         )  # fmt: skip
         return proc.returncode == 0
 
@@ -152,9 +175,9 @@ class WgPair:
             stop_process(end.proc)
             remove_socket(end.iface)
         else:
-            run("ip", "-n", end.ns, "link", "del", end.iface)
+            ip_batch(end.ns, f"link del {end.iface}")
         create_interface(self.kind, end, self.logdir)
-        configure_interface(end)
+        configure_interface(end, self.logdir)
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -174,7 +197,7 @@ def remove_socket(iface: str) -> None:
 
 def create_interface(kind: str, end: WgEnd, logdir: Path) -> None:
     if kind == "kernel":
-        run("ip", "-n", end.ns, "link", "add", end.iface, "type", "wireguard")
+        ip_batch(end.ns, f"link add {end.iface} type wireguard")
         return
     end.log = logdir / f"{end.iface}.log"
     with open(end.log, "ab") as log:
@@ -194,12 +217,21 @@ def create_interface(kind: str, end: WgEnd, logdir: Path) -> None:
         time.sleep(0.02)
 
 
-def configure_interface(end: WgEnd) -> None:
+def configure_interface(end: WgEnd, keydir: Path) -> None:
     """Device key, listen port, tunnel address, link up; no peers."""
-    in_ns(end.ns, "wg", "set", end.iface, "private-key", "/dev/stdin",
-          "listen-port", str(end.listen_port), input=end.private_key + "\n")  # fmt: skip
-    in_ns(end.ns, "ip", "addr", "add", f"{end.tunnel}/24", "dev", end.iface)
-    in_ns(end.ns, "ip", "link", "set", end.iface, "up")
+    keyfile = keydir / f"{end.iface}.key"  # a file: a bare VM /dev has no /dev/stdin
+    keyfile.touch(mode=0o600)
+    keyfile.write_text(end.private_key + "\n")
+    in_ns(end.ns, "wg", "set", end.iface, "private-key", str(keyfile),
+          "listen-port", str(end.listen_port))  # fmt: skip
+    ip_batch(end.ns, f"addr add {end.tunnel}/24 dev {end.iface}", f"link set {end.iface} up")
+
+
+def ip_batch(ns: str | None, *commands: str, check: bool = True) -> None:
+    """Several `ip` commands in one process (process starts are slow in the VM)."""
+    where = ("-n", ns) if ns else ()
+    flags = () if check else ("-force",)
+    run("ip", *where, *flags, "-batch", "-", input="\n".join(commands) + "\n", check=check)
 
 
 @contextlib.contextmanager
@@ -214,19 +246,16 @@ def wg_pair_setup(kind: str = "userspace") -> Iterator[WgPair]:
     with tempfile.TemporaryDirectory(prefix=f"ewt-{tag}-") as logdir:
         pair = WgPair(kind, ends[0], ends[1], Path(logdir))
         try:
-            for end in ends:
-                run("ip", "netns", "add", end.ns)
-                in_ns(end.ns, "ip", "link", "set", "lo", "up")
             a, b = ends
-            run("ip", "link", "add", a.veth, "netns", a.ns, "type", "veth",
-                "peer", "name", b.veth, "netns", b.ns)  # fmt: skip
+            veth = f"link add {a.veth} netns {a.ns} type veth peer name {b.veth} netns {b.ns}"
+            ip_batch(None, f"netns add {a.ns}", f"netns add {b.ns}", veth)
             for end in ends:
-                in_ns(end.ns, "ip", "addr", "add", f"{end.underlay}/24", "dev", end.veth)
-                in_ns(end.ns, "ip", "link", "set", end.veth, "up")
+                ip_batch(end.ns, "link set lo up", f"addr add {end.underlay}/24 dev {end.veth}",
+                         f"link set {end.veth} up")  # fmt: skip
                 end.private_key = run("wg", "genkey").strip()
                 end.public_key = run("wg", "pubkey", input=end.private_key + "\n").strip()
                 create_interface(kind, end, pair.logdir)
-                configure_interface(end)
+                configure_interface(end, pair.logdir)
             yield pair
         finally:
             teardown(pair)
@@ -237,7 +266,7 @@ def teardown(pair: WgPair) -> None:
         if end.proc is not None:
             stop_process(end.proc)
         remove_socket(end.iface)
-        run("ip", "netns", "del", end.ns, check=False)
+    ip_batch(None, *(f"netns del {end.ns}" for end in pair.ends()), check=False)
 
 
 def _pair_fixture(kind: str) -> Iterator[WgPair]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,12 +55,18 @@ def test_kernel_wireguard_suite_passes_inside_the_vm():
         "--color=no", "-q", "-rA", "-m", "wgvm", KERNEL_TESTS,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    proc = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=VM_TIMEOUT, check=False
-    )
-    output = proc.stdout + proc.stderr
-    tail = output[-6000:]
-    counts = outcome_counts(proc.stdout)
+    # its own process group, so a timeout also ends qemu and virtiofsd
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=VM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    tail = (stdout + stderr)[-6000:]
+    counts = outcome_counts(stdout)
     assert proc.returncode == 0, f"VM run failed (exit {proc.returncode}):\n{tail}"
     assert counts.get("passed", 0) > 0, f"no kernel WireGuard test ran:\n{tail}"
     assert not (counts.keys() & {"skipped", "failed", "error", "errors"}), tail

@@ -89,7 +89,10 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export EDGEWARD_WGVM=1 HOME=/root
 cd $(printf '%q' "$PWD") 2>/dev/null || cd /
 $CMDQ
-echo "WGVM_EXIT=\$?"
+rc=\$?
+# let the serial console drain first: the power-off printk must not land
+# inside the exit-code line
+sleep 1; echo; echo "WGVM_EXIT=\$rc"; sleep 1
 echo o > /proc/sysrq-trigger; sleep 10
 EOF
 
@@ -113,5 +116,5 @@ timeout "${WGVM_TIMEOUT:-240}" qemu-system-x86_64 $ACC -M q35 -smp "${WGVM_SMP:-
   -chardev socket,id=vfs,path=$WORK/vfs.sock -device vhost-user-fs-pci,chardev=vfs,tag=hostroot \
   -object memory-backend-memfd,id=mem,size=${MEM}M,share=on -machine memory-backend=mem \
   < /dev/null | tr -d '\r' | tee $WORK/console.log
-rc=$(sed -n 's/^WGVM_EXIT=\([0-9]*\)$/\1/p' $WORK/console.log | tail -1)
+rc=$(sed -n 's/^WGVM_EXIT=\([0-9][0-9]*\).*/\1/p' $WORK/console.log | tail -1)
 exit "${rc:-125}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import wgnet
 from tests.support.wgnet import UAPI_DIR, missing_requirements, run, wg_pair_setup
 
 
@@ -65,3 +66,13 @@ def test_teardown_removes_everything_even_when_the_body_fails():
     assert not any(pid_alive(pid) for pid in pids)
     assert not any(s.exists() for s in sockets)
     assert not logdir.exists()
+
+
+def test_skip_reasons_name_root_and_the_missing_binaries(monkeypatch):
+    monkeypatch.setattr(wgnet.os, "geteuid", lambda: 1000)
+    assert "needs root" in missing_requirements("userspace")
+    monkeypatch.setattr(wgnet.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(wgnet.shutil, "which", lambda b: None if b == "wireguard-go" else b)
+    assert missing_requirements("userspace").startswith("wireguard-go not installed")
+    monkeypatch.delenv(wgnet.WGVM_ENV, raising=False)
+    assert "only inside the tests/vm QEMU VM" in missing_requirements("kernel")

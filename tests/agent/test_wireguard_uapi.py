@@ -110,7 +110,10 @@ async def test_recreated_interface_is_a_new_instance_without_peers(wg_pair):
     assert await wg.instance(b.iface) != before
 
     wg_pair.recreate(a)
+    (old_pid,) = wg_pair.retired_pids
+    assert old_pid != a.proc.pid
     after = await wg.instance(a.iface)
+    assert f"pid={a.proc.pid}," in after.token
     assert after != before
     assert after.iface == before.iface == a.iface
     assert await wg.peers(a.iface) == []

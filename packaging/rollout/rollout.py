@@ -87,9 +87,13 @@ def judge(samples: Sequence[Health], version: str) -> str | None:
 
 # ------------------------------------------------------------------ drivers
 
+# Unattended: keep an edited config and never prompt (stdin carries the
+# package); allow the downgrade a rollback is, and a reinstall.
+DPKG = "dpkg --force-confdef --force-confold -i"
+RPM = "rpm -U --oldpackage --replacepkgs"
 INSTALL = {
-    ".deb": 'f=$(mktemp) && cat >"$f" && dpkg -i "$f"; rc=$?; rm -f "$f"; exit $rc',
-    ".rpm": 'f=$(mktemp) && cat >"$f" && rpm -U --oldpackage "$f"; rc=$?; rm -f "$f"; exit $rc',
+    ".deb": f'f=$(mktemp) && cat >"$f" && {DPKG} "$f"; rc=$?; rm -f "$f"; exit $rc',
+    ".rpm": f'f=$(mktemp) && cat >"$f" && {RPM} "$f"; rc=$?; rm -f "$f"; exit $rc',
 }
 
 

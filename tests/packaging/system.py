@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "packaging" / "build"
 SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
 # the packages' Depends (python3.11, systemd, procps), and man-db so that
 # `systemd-analyze verify` can resolve the units' Documentation=man:...
 CHROOT_PACKAGES = ("python3.11", "systemd", "procps", "man-db")
@@ -55,14 +55,17 @@ class ChrootCache:
     def _build(self) -> None:
         try:
             self.tarball.parent.mkdir(parents=True, exist_ok=True)
-            work = self.tarball.with_suffix(".work")
-            shutil.rmtree(work, ignore_errors=True)
-            run(["debootstrap", "--variant=minbase", f"--include={','.join(CHROOT_PACKAGES)}",
-                 SUITE, str(work), MIRROR])  # fmt: skip
-            partial = self.tarball.with_suffix(".partial")
-            run(["tar", "-C", str(work), "-cf", str(partial), "."])
-            partial.rename(self.tarball)  # atomic: a killed run leaves no half tarball
-            shutil.rmtree(work, ignore_errors=True)
+            # private names: two sessions building at once do not collide
+            work = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=self.tarball.parent))
+            try:
+                include = f"--include={','.join(CHROOT_PACKAGES)}"
+                # debootstrap's default mirror, as apt's sources here
+                run(["debootstrap", "--variant=minbase", include, SUITE, str(work / "root")])
+                partial = work / "chroot.tar"
+                run(["tar", "-C", str(work / "root"), "-cf", str(partial), "."])
+                partial.rename(self.tarball)  # atomic: a killed run leaves no half tarball
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
         except BaseException as exc:  # reported by wait()
             self._error = exc
 

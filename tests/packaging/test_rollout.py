@@ -134,3 +134,30 @@ def test_rollout_stops_at_a_broken_canary_rolls_back_then_rolls_a_good_version(
     finally:
         for node in nodes:
             shutil.rmtree(node.root, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "extra", "error"),
+    [
+        ("a\nb\na\n", [], "a node is listed twice"),
+        ("# only a comment\n", [], "lists no node"),
+        ("a\n", ["--canary", "0"], "--canary and --batch must be at least 1"),
+        ("a\n", ["--package", "/nonexistent.deb"], "/nonexistent.deb: no such file"),
+    ],
+)
+def test_bad_input_is_refused_before_any_node_is_touched(tmp_path: Path, nodes, extra, error):
+    package = tmp_path / "edgeward-agent_1.0-1_amd64.deb"
+    package.write_bytes(b"not read before the checks pass")
+    node_list = tmp_path / "nodes.txt"
+    node_list.write_text(nodes)
+    touched = tmp_path / "touched"
+    done = subprocess.run(
+        [str(REPO / "packaging/rollout/rollout"), "--package", str(package),
+         "--previous", str(package), "--nodes", str(node_list),
+         "--transport", f"sh -c 'touch {touched}' transport",
+         "--health", "false", *extra],
+        text=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert error in done.stderr
+    assert not touched.exists() and done.stdout == ""

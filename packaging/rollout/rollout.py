@@ -113,20 +113,28 @@ class Fleet:
         script = INSTALL.get(package.suffix)
         if script is None:
             raise RolloutError(f"{package}: not a .deb or .rpm")
-        with package.open("rb") as stdin:
-            done = subprocess.run(
-                [*fill(self.transport, node), "sh", "-c", script],
-                stdin=stdin,
-                capture_output=True,
-                timeout=600,
-            )
+        try:
+            with package.open("rb") as stdin:
+                done = subprocess.run(
+                    [*fill(self.transport, node), "sh", "-c", script],
+                    stdin=stdin,
+                    capture_output=True,
+                    timeout=600,
+                )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RolloutError(f"{node}: installing {package.name} failed: {exc}") from None
         if done.returncode != 0:
             err = done.stderr.decode(errors="replace").strip().splitlines() or ["no output"]
             raise RolloutError(f"{node}: installing {package.name} failed: {err[-1]}")
         self.log(f"{node}: installed {package.name}")
 
     def health_of(self, node: str) -> Health:
-        done = subprocess.run(fill(self.health, node), capture_output=True, text=True, timeout=60)
+        try:
+            done = subprocess.run(
+                fill(self.health, node), capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RolloutError(f"{node}: health command failed: {exc}") from None
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise RolloutError(f"{node}: health command failed: {last}")

@@ -161,3 +161,28 @@ def test_bad_input_is_refused_before_any_node_is_touched(tmp_path: Path, nodes, 
     assert done.returncode == 2, done.stdout + done.stderr
     assert error in done.stderr
     assert not touched.exists() and done.stdout == ""
+
+
+def test_an_unreachable_canary_stops_the_rollout_and_says_so(tmp_path: Path):
+    tree = tmp_path / "tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        "Package: edgeward-agent\nVersion: 9.9-1\nArchitecture: all\n"
+        "Maintainer: test <t@edgeward.invalid>\nDescription: t\n"
+    )
+    package = tmp_path / "edgeward-agent_9.9-1_all.deb"
+    run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(package)])
+    node_list = tmp_path / "nodes.txt"
+    node_list.write_text("edge-1\nedge-2\n")
+    done = subprocess.run(
+        [str(REPO / "packaging/rollout/rollout"), "--package", str(package),
+         "--previous", str(package), "--nodes", str(node_list),
+         "--transport", "/nonexistent/transport {node}", "--health", "true"],
+        text=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "rollout: STOP at canary: edge-1: installing edgeward-agent_9.9-1_all.deb failed: " in (
+        done.stdout
+    )
+    assert "rollout: edge-1: ROLLBACK FAILED" in done.stdout
+    assert "edge-2" not in done.stdout

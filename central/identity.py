@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable
 
-from grpclib.const import Status
 from grpclib.events import RecvRequest, listen
-from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
 from .errors import NodeRefused
@@ -22,24 +20,28 @@ from .errors import NodeRefused
 STREAM_PATH = "/edgeward.v1.NodeService/Stream"
 ENROLL_PATH = "/edgeward.v1.NodeService/Enroll"
 
-# Set for requests that passed identification; read by the stream handler.
-current_node: contextvars.ContextVar[str] = contextvars.ContextVar("edgeward_central_node")
+# The node id of a request's peer, or why it was refused; read by the handler,
+# which refuses on the stream itself (see stream.refuse) rather than here: a
+# status raised from a listener is followed by a stream reset that can overtake
+# it on the client side.
+current_node: contextvars.ContextVar[str | NodeRefused] = contextvars.ContextVar(
+    "edgeward_central_node"
+)
 
 Identify = Callable[[object], str]
 
 
 def install_node_identity(server: Server, identify: Identify) -> None:
     """Identify the peer of every request except Enroll (which a node without a
-    certificate calls); refuse with UNAUTHENTICATED and the reason otherwise."""
+    certificate calls)."""
 
     async def on_recv_request(event: RecvRequest) -> None:
         if event.method_name == ENROLL_PATH:
             return
         try:
-            node_id = identify(event.peer)
+            current_node.set(identify(event.peer))
         except NodeRefused as e:
-            raise GRPCError(Status.UNAUTHENTICATED, str(e)) from None
-        current_node.set(node_id)
+            current_node.set(e)
 
     listen(server, RecvRequest, on_recv_request)
 

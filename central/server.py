@@ -133,7 +133,7 @@ async def serve(
             ready(port)
         await shutdown.wait()
         systemd.stopping("stopping: finishing node streams")
-        service.stop()
+        await service.stop(STOP_GRACE_SECONDS)
         server.close()
         try:
             await asyncio.wait_for(server.wait_closed(), STOP_GRACE_SECONDS)

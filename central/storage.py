@@ -11,13 +11,15 @@ the commit.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiosqlite
 
@@ -34,6 +36,7 @@ from .records import IngestResult, Transaction, now_ms
 log = logging.getLogger("edgeward.central.storage")
 
 SYSTEM_ACTOR = "central"
+T = TypeVar("T")
 
 
 class Storage(Protocol):
@@ -101,9 +104,9 @@ class SqliteStorage(AdminMixin):
     async def _write(self) -> AsyncIterator[Transaction]:
         """One write transaction; bumps touched nodes' revisions, notifies after commit."""
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             tx = Transaction(self._db)
             try:
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield tx
                 events = await self._bump_revisions(tx)
                 await self._db.execute("COMMIT")
@@ -515,3 +518,33 @@ def _decision_reason(decision: Decision, used: int, limits: UserLimits) -> str:
     if reason == v1.Reason.EXPIRED:
         return f"expired at {limits.expires_at_ms} ms"
     return f"quota exhausted: used {used} of {limits.data_limit_bytes} bytes"
+
+
+def _shielded(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Run the call to completion even if the caller is cancelled.
+
+    grpclib cancels a handler when its client goes away; a storage call cut in
+    the middle would leave a transaction open on the shared connection, or
+    commit without notifying. Shielded, the transaction always finishes (and
+    the caller, if cancelled, simply does not see the result: same as a crash
+    between commit and ack).
+    """
+
+    @functools.wraps(method)
+    async def run(*args: object, **kwargs: object) -> T:
+        task = asyncio.ensure_future(method(*args, **kwargs))
+        task.add_done_callback(_consume_result)
+        return await asyncio.shield(task)
+
+    return run
+
+
+def _consume_result(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("storage call finished with %r after its caller left", task.exception())
+
+
+for _name in dir(SqliteStorage):
+    _method = getattr(SqliteStorage, _name)
+    if not _name.startswith("_") and inspect.iscoroutinefunction(_method) and _name != "open":
+        setattr(SqliteStorage, _name, _shielded(_method))

@@ -16,9 +16,10 @@ always follows the Ack it is relative to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import betterproto2
 import grpclib.const
@@ -29,6 +30,7 @@ from grpclib.exceptions import GRPCError
 from edgeward import __version__
 from edgeward.proto import v1
 
+from .errors import NodeRefused
 from .identity import ENROLL_PATH, STREAM_PATH, current_node
 from .ingest import InvalidBatch
 from .notify import NodeEvent
@@ -41,9 +43,37 @@ log = logging.getLogger("edgeward.central.stream")
 READ_AHEAD = 8
 # grpclib's sender does not yield while the window has room (DESIGN.md §3).
 YIELD_EVERY = 32
+# How long a refused node has to end its side before the status is sent anyway.
+REFUSE_DRAIN_SECONDS = 5.0
 
 Enroller = Callable[[v1.EnrollRequest], Awaitable[v1.EnrollResponse]]
 Renewer = Callable[[str, bytes | None, bytes], Awaitable[v1.RenewResponse]]
+
+
+async def refuse(stream: grpclib.server.Stream, status: Status, message: str) -> NoReturn:
+    """End a stream with `status`, telling the node why in a StreamError first.
+
+    The node should end its side when it reads a StreamError; only then is the
+    status sent, because grpclib resets a still-open stream right after a
+    non-OK status and the reset can overtake the status on the client.
+    """
+    with contextlib.suppress(Exception):
+        error = v1.StreamError(code=status.name.lower(), message=message)
+        await stream.send_message(v1.CentralMessage(error=error))
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(REFUSE_DRAIN_SECONDS):
+            while await stream.recv_message() is not None:
+                pass
+    raise GRPCError(status, message)
+
+
+class Refusal(Exception):
+    """Raised inside a session to end the stream through refuse()."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class NodeService:
@@ -87,21 +117,26 @@ class NodeService:
     async def stream(self, stream: grpclib.server.Stream) -> None:
         node_id = current_node.get(None)
         if node_id is None:
-            raise GRPCError(Status.UNAUTHENTICATED, "no node identity on this connection")
+            await refuse(stream, Status.UNAUTHENTICATED, "no node identity on this connection")
+        if isinstance(node_id, NodeRefused):
+            await refuse(stream, Status.UNAUTHENTICATED, str(node_id))
         if not await self.storage.node_known(node_id):
-            raise GRPCError(
-                Status.PERMISSION_DENIED, f"node {node_id!r} is not registered with central"
+            await refuse(
+                stream, Status.PERMISSION_DENIED, f"node {node_id!r} is not registered with central"
             )
         if self.stopping.is_set():
-            raise GRPCError(Status.UNAVAILABLE, "central is shutting down")
+            await refuse(stream, Status.UNAVAILABLE, "central is shutting down")
         first = await stream.recv_message()
         if first is None:
             return
         kind, hello = betterproto2.which_one_of(first, "kind")
         if kind != "hello":
-            raise GRPCError(Status.FAILED_PRECONDITION, f"first message must be hello, not {kind}")
+            await refuse(
+                stream, Status.FAILED_PRECONDITION, f"first message must be hello, not {kind}"
+            )
         if hello.node_id and hello.node_id != node_id:
-            raise GRPCError(
+            await refuse(
+                stream,
                 Status.PERMISSION_DENIED,
                 f"hello names node {hello.node_id!r} but the certificate is node {node_id!r}",
             )
@@ -115,11 +150,16 @@ class NodeService:
         finally:
             self.sessions.discard(session)
 
-    def stop(self) -> None:
-        """Ask every session to finish the message in hand and end its stream."""
+    async def stop(self, grace: float) -> None:
+        """Ask every session to finish the message in hand and end its stream;
+        wait up to `grace` seconds for them to do so."""
         self.stopping.set()
         for session in list(self.sessions):
             session.inbox.put_nowait(("stop", None))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.01)
 
 
 class NodeSession:
@@ -159,11 +199,16 @@ class NodeSession:
             if leases:
                 await self.send(leases=v1.LeaseGrant(leases=leases))
             reader = asyncio.create_task(self.read())
+            refusal = None
             try:
                 await self.process()
+            except Refusal as e:
+                refusal = e
             finally:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
+            if refusal is not None:
+                await refuse(self.stream, refusal.status, refusal.message)
         log.info("node %s disconnected", self.node_id)
 
     def on_event(self, event: NodeEvent) -> None:
@@ -216,14 +261,13 @@ class NodeSession:
         elif kind == "renew":
             await self.on_renew(body)
         elif kind == "hello":
-            raise GRPCError(Status.FAILED_PRECONDITION, "hello may only be sent once")
+            raise Refusal(Status.FAILED_PRECONDITION, "hello may only be sent once")
 
     async def on_usage(self, batch: v1.UsageBatch) -> None:
         try:
             result = await self.storage.ingest(self.node_id, batch.deltas)
         except InvalidBatch as e:
-            await self.send(error=v1.StreamError(code="invalid-batch", message=str(e)))
-            raise GRPCError(Status.INVALID_ARGUMENT, str(e)) from None
+            raise Refusal(Status.INVALID_ARGUMENT, str(e)) from None
         # Only now is the batch durable: acknowledge it, then the leases based on it.
         await self.send(ack=v1.Ack(acked_seq=result.acked_seq))
         if result.leases:

@@ -14,6 +14,8 @@ from pathlib import Path
 import betterproto2
 import grpclib.const
 from grpclib.client import Channel
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from h2.exceptions import StreamClosedError
 
 from edgeward.central.config import CentralConfig
 from edgeward.central.desired import Inbound
@@ -144,6 +146,18 @@ class NodeClient:
         assert got == kind, f"expected {kind}, got {got}: {body}"
         return body
 
+    async def refusal(self) -> tuple[v1.StreamError, GRPCError]:
+        """Central refusing: a StreamError message, then (once we end our side) the status."""
+        kind, body = await self.recv()
+        assert kind == "error", f"expected a refusal, got {kind}: {body}"
+        await self.stream.end()
+        try:
+            extra = await asyncio.wait_for(self.stream.recv_message(), WAIT)
+            await asyncio.wait_for(self.stream.recv_trailing_metadata(), WAIT)
+        except GRPCError as e:
+            return body, e
+        raise AssertionError(f"refused stream ended without an error status ({extra})")
+
     async def handshake(self, node_id: str = "", acked_seq: int = 0):
         """Hello -> (Welcome, DesiredSnapshot). A LeaseGrant follows if the node
         serves users with a data limit."""
@@ -168,13 +182,21 @@ async def node_stream(port: int, pki: TestPki, client: Pair | None) -> AsyncIter
     )
     channel = Channel("127.0.0.1", port, ssl=ssl)
     try:
-        async with channel.request(
+        request = channel.request(
             STREAM, grpclib.const.Cardinality.STREAM_STREAM, v1.NodeMessage, v1.CentralMessage,
             timeout=WAIT * 3,
-        ) as stream:  # fmt: skip
+        )  # fmt: skip
+        stream = await request.__aenter__()
+        try:
             await stream.send_request()
             yield NodeClient(stream)
-            await stream.cancel()
+            with contextlib.suppress(StreamClosedError):  # already ended by central
+                await stream.cancel()
+        finally:
+            # The call's status was already seen by the test (or is a cancel): do not
+            # raise it again on the way out.
+            with contextlib.suppress(GRPCError, StreamTerminatedError):
+                await request.__aexit__(None, None, None)
     finally:
         channel.close()
 

@@ -63,6 +63,7 @@ class Transaction:
     db: aiosqlite.Connection
     touched: dict[str, set[str]] = field(default_factory=dict)  # node -> changed users
     commands: dict[str, list[v1.Command]] = field(default_factory=dict)
+    limited: list[str] = field(default_factory=list)  # set by the last enforcement pass
 
     def touch(self, node_id: str, user_id: str, command: v1.Command | None = None) -> None:
         self.touched.setdefault(node_id, set()).add(user_id)

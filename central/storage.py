@@ -259,10 +259,19 @@ class SqliteStorage(AdminMixin):
                 " WHERE user_id = ?",
                 per_user,
             )
-            await db.executemany(
-                "UPDATE leases SET used_bytes = used_bytes + ? WHERE user_id = ? AND node_id = ?",
-                [(total, user_id, node_id) for _, _, total, user_id in per_user],
-            )
+            # Only users with a data limit hold leases (most fleets: few of them).
+            async with db.execute(
+                "SELECT user_id FROM leases WHERE node_id = ?"
+                " AND user_id IN (SELECT value FROM json_each(?))",
+                (node_id, json.dumps(list(agg.per_user))),
+            ) as cursor:
+                leased = {user_id for (user_id,) in await cursor.fetchall()}
+            if leased:
+                await db.executemany(
+                    "UPDATE leases SET used_bytes = used_bytes + ?"
+                    " WHERE user_id = ? AND node_id = ?",
+                    [(t, user_id, node_id) for _, _, t, user_id in per_user if user_id in leased],
+                )
             await db.execute(
                 "UPDATE nodes SET acked_seq = ?, uplink_bytes = uplink_bytes + ?,"
                 " downlink_bytes = downlink_bytes + ?, last_seen_ms = ? WHERE node_id = ?",
@@ -281,7 +290,8 @@ class SqliteStorage(AdminMixin):
                     "usage reported for a user never assigned to this node", at,
                 )  # fmt: skip
             await self._enforce_in(tx, at, list(agg.per_user))
-            leases = await self._grant_in(tx, node_id, list(agg.per_user), at)
+            limited = tx.limited  # users of this batch with a data limit
+            leases = await self._grant_in(tx, node_id, limited, at) if limited else []
             return IngestResult(
                 new_acked, len(fresh), len(deltas) - len(fresh), agg.rejected_users, leases
             )
@@ -291,8 +301,8 @@ class SqliteStorage(AdminMixin):
     ) -> dict[str, str]:
         """user -> "active" | "removed" for the given users with any assignment to the node."""
         async with db.execute(
-            "SELECT a.user_id, a.removed_at_ms IS NULL FROM assignments a"
-            " JOIN json_each(?) j ON a.user_id = j.value WHERE a.node_id = ?",
+            "SELECT user_id, removed_at_ms IS NULL FROM assignments"
+            " WHERE user_id IN (SELECT value FROM json_each(?)) AND node_id = ?",
             (json.dumps(user_ids), node_id),
         ) as cursor:
             return {
@@ -327,6 +337,7 @@ class SqliteStorage(AdminMixin):
             rows = await cursor.fetchall()
         limits = {row[0]: UserLimits(row[1], row[2], v1.Reason(row[3])) for row in rows}
         usage = {row[0]: row[4] for row in rows}
+        tx.limited = [row[0] for row in rows if row[1] is not None]
         decisions = decide(usage, limits, at)
         for decision in decisions:
             suspended = decision.action == v1.Action.SUSPEND

@@ -190,7 +190,7 @@ async def node_stream(port: int, pki: TestPki, client: Pair | None) -> AsyncIter
         try:
             await stream.send_request()
             yield NodeClient(stream)
-            with contextlib.suppress(StreamClosedError):  # already ended by central
+            with contextlib.suppress(StreamClosedError, StreamTerminatedError):  # ended already
                 await stream.cancel()
         finally:
             # The call's status was already seen by the test (or is a cancel): do not
@@ -199,6 +199,7 @@ async def node_stream(port: int, pki: TestPki, client: Pair | None) -> AsyncIter
                 await request.__aexit__(None, None, None)
     finally:
         channel.close()
+        await asyncio.sleep(0.05)  # let the TLS transport finish closing its socket
 
 
 def delta(seq: int, user_id: str, up: int = 0, down: int = 0, at_ms: int = 1_000) -> v1.UsageDelta:

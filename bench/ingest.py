@@ -1,0 +1,119 @@
+"""Ingest throughput: deltas/second through the real mTLS gRPC stream into SQLite,
+against a raw `executemany` of the same rows into the same table in the same run.
+
+    .venv/bin/python bench/ingest.py [--deltas 200000] [--batch 1000] [--users 1000]
+
+Prints both rates and their ratio (goal: >= 100k deltas/s and >= 0.5x raw).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edgeward.central import schema  # noqa: E402
+from edgeward.central.storage import SqliteStorage  # noqa: E402
+from edgeward.proto import v1  # noqa: E402
+from tests.central.helpers import PROXY_INBOUNDS, make_pki, node_stream, running_central  # noqa: E402
+
+
+def make_batches(total: int, batch: int, users: int) -> list[list[v1.UsageDelta]]:
+    deltas = [
+        v1.UsageDelta(
+            seq=seq, user_id=f"user-{seq % users}", engine=v1.Engine.PROXY, epoch="e1",
+            uplink_bytes=seq % 977, downlink_bytes=seq % 1999,
+            sampled_at_ms=1_700_000_000_000 + seq * 10,
+        )
+        for seq in range(1, total + 1)
+    ]  # fmt: skip
+    return [deltas[i : i + batch] for i in range(0, total, batch)]
+
+
+def raw_executemany(path: Path, batches: list[list[v1.UsageDelta]]) -> float:
+    """The baseline: the same ledger rows, one executemany + commit per batch, same PRAGMAs."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    schema.migrate(conn)
+    start = time.perf_counter()
+    for batch in batches:
+        rows = [
+            ("node-a", d.seq, d.user_id, int(d.engine), d.epoch, d.uplink_bytes,
+             d.downlink_bytes, d.sampled_at_ms, 1)
+            for d in batch
+        ]  # fmt: skip
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO deltas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+async def through_stream(workdir: Path, batches, users: int) -> float:
+    pki = make_pki(workdir)
+    database = workdir / "central.sqlite"
+    storage = await SqliteStorage.open(database)
+    await storage.add_node("node-a", PROXY_INBOUNDS, actor="bench")
+    for i in range(users):
+        await storage.create_user(f"user-{i}", actor="bench", node_ids=["node-a"])
+    try:
+        async with running_central(pki, storage, database) as port:
+            async with node_stream(port, pki, pki.node("node-a")) as node:
+                await node.handshake("node-a")
+                # Pipelined like an agent: keep a few batches in flight, count acks.
+                in_flight = 4
+                start = time.perf_counter()
+                pending = 0
+                acked = 0
+                for batch in batches:
+                    await node.send(usage=v1.UsageBatch(deltas=batch))
+                    pending += 1
+                    while pending >= in_flight:
+                        kind, body = await node.recv()
+                        if kind == "ack":
+                            pending -= 1
+                            acked = body.acked_seq
+                while pending:
+                    kind, body = await node.recv()
+                    if kind == "ack":
+                        pending -= 1
+                        acked = body.acked_seq
+                elapsed = time.perf_counter() - start
+        assert acked == batches[-1][-1].seq, acked
+        total = sum(len(b) for b in batches)
+        counted = await storage.node_usage("node-a")
+        expected = sum(d.uplink_bytes for b in batches for d in b)
+        assert counted[0] == expected, (counted, expected, total)
+        return elapsed
+    finally:
+        await storage.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--deltas", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--users", type=int, default=1000)
+    args = parser.parse_args()
+    batches = make_batches(args.deltas, args.batch, args.users)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = raw_executemany(Path(tmp) / "raw.sqlite", batches)
+        streamed = asyncio.run(through_stream(Path(tmp) / "stream", batches, args.users))
+    raw_rate = args.deltas / raw
+    stream_rate = args.deltas / streamed
+    print(f"deltas: {args.deltas} in batches of {args.batch}, {args.users} users")
+    print(f"raw executemany:        {raw_rate:12,.0f} deltas/s")
+    print(f"gRPC stream -> SQLite:  {stream_rate:12,.0f} deltas/s")
+    print(f"ratio stream/raw:       {stream_rate / raw_rate:12.2f}x  (goal >= 0.5x, >= 100k/s)")
+
+
+if __name__ == "__main__":
+    main()

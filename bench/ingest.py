@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgeward.central import schema  # noqa: E402
-from edgeward.central.storage import SqliteStorage  # noqa: E402
-from edgeward.proto import v1  # noqa: E402
-from tests.central.helpers import PROXY_INBOUNDS, make_pki, node_stream, running_central  # noqa: E402
+from edgeward.central import schema
+from edgeward.central.storage import SqliteStorage
+from edgeward.proto import v1
+from tests.central.helpers import PROXY_INBOUNDS, make_pki, node_stream, running_central
 
 
 def make_batches(total: int, batch: int, users: int) -> list[list[v1.UsageDelta]]:
@@ -65,28 +65,30 @@ async def through_stream(workdir: Path, batches, users: int) -> float:
     for i in range(users):
         await storage.create_user(f"user-{i}", actor="bench", node_ids=["node-a"])
     try:
-        async with running_central(pki, storage, database) as port:
-            async with node_stream(port, pki, pki.node("node-a")) as node:
-                await node.handshake("node-a")
-                # Pipelined like an agent: keep a few batches in flight, count acks.
-                in_flight = 4
-                start = time.perf_counter()
-                pending = 0
-                acked = 0
-                for batch in batches:
-                    await node.send(usage=v1.UsageBatch(deltas=batch))
-                    pending += 1
-                    while pending >= in_flight:
-                        kind, body = await node.recv()
-                        if kind == "ack":
-                            pending -= 1
-                            acked = body.acked_seq
-                while pending:
+        async with (
+            running_central(pki, storage, database) as port,
+            node_stream(port, pki, pki.node("node-a")) as node,
+        ):
+            await node.handshake("node-a")
+            # Pipelined like an agent: keep a few batches in flight, count acks.
+            in_flight = 4
+            start = time.perf_counter()
+            pending = 0
+            acked = 0
+            for batch in batches:
+                await node.send(usage=v1.UsageBatch(deltas=batch))
+                pending += 1
+                while pending >= in_flight:
                     kind, body = await node.recv()
                     if kind == "ack":
                         pending -= 1
                         acked = body.acked_seq
-                elapsed = time.perf_counter() - start
+            while pending:
+                kind, body = await node.recv()
+                if kind == "ack":
+                    pending -= 1
+                    acked = body.acked_seq
+            elapsed = time.perf_counter() - start
         assert acked == batches[-1][-1].seq, acked
         total = sum(len(b) for b in batches)
         counted = await storage.node_usage("node-a")

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio_asyncio  # noqa: F401 (imported first, on purpose: see below)
 
 from tests.support.v2ray import BlobServer, V2rayCore, v2ray_binary
 from tests.support.wgnet import kernel_wg_pair, wg_pair  # noqa: F401 (fixtures)
+
+# The agent's tests import trio_asyncio, which makes every later asyncio.run() outside
+# trio use its SyncTrioEventLoop; TLS servers (central, the pki test servers) lose
+# every connection on that loop. Central never shares a process with trio_asyncio in
+# production, so its tests get asyncio's own loop back (trio_asyncio keeps serving
+# inside trio: its policy is per thread and only applies outside trio).
+asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
 
 def require_root() -> None:

@@ -145,7 +145,8 @@ def enroll_agent(layout: FleetLayout, node: NodeLayout, token: str) -> None:
         return
     proc = subprocess.run(
         ["ip", "netns", "exec", node.ns, *agent_program(), "enroll",
-         "--config", str(node.agent_config),
+         "--config", str(node.agent_config), "--node-id", node.node_id,
+         "--ca-file", str(layout.pki_dir / "ca.crt"),
          "--central", layout.central_endpoint, "--token", token],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

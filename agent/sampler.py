@@ -1,0 +1,355 @@
+"""Sampling: the engines' cumulative counters into journalled monotonic deltas.
+
+Every `interval` (default 10 s) the sampler reads, per engine, one full set of
+counters without resetting them (the proxy core's QueryStats with
+``reset=false``, WireGuard peers' rx/tx bytes), computes deltas against the
+journal's baselines (pure: agent/deltas.py) and commits deltas and new
+baselines in one transaction (journal.commit_sample). A crash at any point
+therefore loses nothing and counts nothing twice: an uncommitted reading is
+simply read again, higher, next time.
+
+Epochs (one life of an engine's counters) are the journal's "1", "2", ...;
+the *marker* stored with each epoch says which life it is:
+
+- proxy: the core's start time (ms), from GetSysStats uptime through the same
+  pure EpochTracker CoreSync uses. The sampler asks for the uptime before and
+  after each QueryStats with its own tracker: a restart detected only later
+  (by CoreSync's probe, say) could otherwise make a reading that was already
+  counted in the old epoch count again in the new one. A restart between the
+  two uptime readings makes the reading ambiguous: that round is skipped for
+  the proxy, and the next one starts the new epoch from zero. Uptime is whole
+  seconds, so a core that lived under ~1.5 s is not told from its successor
+  that way; a counter below its baseline (the core's counters only go down
+  when it restarts) is taken as the same evidence. A restart that neither
+  shows (a core under 1.5 s old whose successor's counters already passed its
+  own) undercounts the successor's first reading by the old baselines.
+- wireguard: the instance identity of every sampled interface (JSON). A
+  recreated interface starts a new epoch; the baselines of the interfaces that
+  were *not* recreated are carried into it, so their traffic is not counted
+  again. An interface that cannot be read keeps its baselines (no delta, no
+  reset); one recreated while being read is skipped this round.
+
+An engine that cannot be read is skipped for the round with the reason
+logged: never zeros, never a guess. Counters that are negative or not
+integers are refused (CounterError) and nothing of that engine is committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from .core_driver import CoreCallError, CoreDriver, CoreUnavailable
+from .core_sync import Epoch, EpochTracker
+from .deltas import (
+    ENGINE_PROXY,
+    ENGINE_WIREGUARD,
+    CounterError,
+    Sample,
+    compute_deltas,
+    next_epoch,
+    parse_wg_counter,
+    proxy_resolver,
+    wg_counter,
+    wg_resolver,
+)
+from .journal import Journal, JournalFullError
+from .model import DesiredState
+from .wireguard import WireGuard, WireGuardError
+
+log = logging.getLogger(__name__)
+
+PROXY_STATS_PATTERN = "user>>>"
+
+
+@dataclass(slots=True)
+class EngineRound:
+    """What one round did for one engine."""
+
+    engine: str
+    epoch: str | None = None
+    new_epoch: bool = False
+    deltas: int = 0
+    seqs: tuple[int, int] = (0, 0)
+    uplink: int = 0
+    downlink: int = 0
+    unattributed: int = 0  # bytes on counters no desired user owns
+    skipped: str | None = None  # why nothing was committed this round
+    error: bool = False  # skipped because of bad data, not absence
+
+    @property
+    def committed(self) -> bool:
+        return self.skipped is None
+
+
+@dataclass(slots=True)
+class RoundReport:
+    sampled_at_ms: int
+    engines: dict[str, EngineRound] = field(default_factory=dict)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def proxy_owners(desired: DesiredState) -> dict[str, str]:
+    """email -> user for every credential in the desired state, suspended users
+    included: traffic on their still-open connections is theirs."""
+    return {p.email: u.user_id for u in desired.users for p in u.proxies}
+
+
+def wg_owners(desired: DesiredState) -> dict[tuple[str, str], str]:
+    return {(p.interface, p.public_key): u.user_id for u in desired.users for p in u.wireguard}
+
+
+def _any_went_down(baselines: dict[str, int], readings: dict[str, int]) -> bool:
+    # Non-integers are left to compute_deltas, which refuses them by name.
+    for name, value in baselines.items():
+        now = readings.get(name, 0)
+        if isinstance(now, int) and now < value:
+            return True
+    return False
+
+
+def parse_wg_marker(marker: str | None) -> dict[str, str]:
+    """The wireguard epoch marker: {interface: instance token}; {} if absent."""
+    if not marker:
+        return {}
+    try:
+        tokens = json.loads(marker)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in tokens.items()} if isinstance(tokens, dict) else {}
+
+
+def wg_epoch_inputs(
+    previous_tokens: dict[str, str],
+    previous_baselines: dict[str, int],
+    tokens: dict[str, str],
+) -> tuple[bool, dict[str, int]]:
+    """(new epoch?, baselines to compute against) after reading `tokens` (pure).
+
+    Interfaces whose identity changed were recreated: their counters restart.
+    The others' baselines carry over into the new epoch unchanged."""
+    recreated = {i for i, t in tokens.items() if i in previous_tokens and previous_tokens[i] != t}
+    if not recreated:
+        return False, previous_baselines
+    kept = {}
+    for name, value in previous_baselines.items():
+        parsed = parse_wg_counter(name)
+        if parsed is not None and parsed[0] not in recreated:
+            kept[name] = value
+    return True, kept
+
+
+class Sampler:
+    """Reads the engines every `interval` and journals their deltas.
+
+    `desired` returns the current desired state (to resolve counters to users).
+    `core` / `wg` may be None for a node without that engine. `wg_interfaces`
+    returns the interfaces to sample (default: those in the desired state).
+    `after_sample` runs after each round (local enforcement hooks in here).
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        desired: Callable[[], DesiredState],
+        core: CoreDriver | None = None,
+        wg: WireGuard | None = None,
+        wg_interfaces: Callable[[], Iterable[str]] | None = None,
+        interval: float = 10.0,
+        after_sample: Callable[[RoundReport], Awaitable[None]] | None = None,
+        wall_ms: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.journal = journal
+        self.desired = desired
+        self.core = core
+        self.wg = wg
+        self.wg_interfaces = wg_interfaces or self._desired_interfaces
+        self.interval = interval
+        self.after_sample = after_sample
+        self.wall_ms = wall_ms
+        self.rounds = 0
+        self.last_round: RoundReport | None = None
+        self._tracker: EpochTracker | None = None
+        self._last_reason: dict[str, str | None] = {}
+
+    def _desired_interfaces(self) -> list[str]:
+        return sorted({p.interface for u in self.desired().users for p in u.wireguard})
+
+    # ------------------------------------------------------------ the task
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            started = trio.current_time()
+            try:
+                await self.sample_once()
+            except JournalFullError as e:
+                # Nothing committed, baselines unchanged: the next round that can
+                # commit picks up every byte since. Keep serving.
+                log.error("sample not journalled: %s", e)
+            await trio.sleep_until(started + self.interval)
+
+    async def sample_once(self) -> RoundReport:
+        """One round over both engines; each engine commits on its own."""
+        now_ms = self.wall_ms()
+        report = RoundReport(now_ms)
+        desired = self.desired()
+        if self.core is not None:
+            report.engines[ENGINE_PROXY] = await self._guarded(
+                ENGINE_PROXY, self.sample_proxy(self.core, desired, now_ms)
+            )
+        if self.wg is not None:
+            report.engines[ENGINE_WIREGUARD] = await self._guarded(
+                ENGINE_WIREGUARD, self.sample_wireguard(self.wg, desired, now_ms)
+            )
+        self.rounds += 1
+        self.last_round = report
+        if self.after_sample is not None:
+            await self.after_sample(report)
+        return report
+
+    async def _guarded(self, engine: str, work: Awaitable[EngineRound]) -> EngineRound:
+        try:
+            result = await work
+        except CounterError as e:
+            result = EngineRound(engine, skipped=f"refused bad counters: {e}", error=True)
+        if result.skipped != self._last_reason.get(engine):
+            if result.error:
+                log.error("%s sample refused, nothing committed: %s", engine, result.skipped)
+            elif result.skipped:
+                log.warning("%s not sampled this round: %s", engine, result.skipped)
+            else:
+                log.info("%s sampling resumed", engine)
+        self._last_reason[engine] = result.skipped
+        return result
+
+    # ------------------------------------------------------------ proxy core
+
+    async def _proxy_tracker(self) -> EpochTracker:
+        if self._tracker is None:
+            marker = await self.journal.epoch_marker(ENGINE_PROXY)
+            known = Epoch(marker, int(marker)) if marker and marker.isdigit() else None
+            self._tracker = EpochTracker(known=known)
+        return self._tracker
+
+    async def sample_proxy(
+        self, core: CoreDriver, desired: DesiredState, now_ms: int
+    ) -> EngineRound:
+        tracker = await self._proxy_tracker()
+        try:
+            before = await core.sys_stats()
+            tracker.observe(before.uptime, trio.current_time(), self.wall_ms())
+            readings = await core.query_stats(PROXY_STATS_PATTERN, reset=False)
+            after = await core.sys_stats()
+            restarted = tracker.observe(after.uptime, trio.current_time(), self.wall_ms())
+        except CoreUnavailable as e:
+            return EngineRound(ENGINE_PROXY, skipped=str(e))
+        except CoreCallError as e:
+            return EngineRound(ENGINE_PROXY, skipped=f"the core refused a stats call: {e}")
+        if restarted is not None:
+            return EngineRound(ENGINE_PROXY, skipped="the core restarted during the reading")
+        assert tracker.known is not None
+        current = await self.journal.current_epoch(ENGINE_PROXY)
+        same = (
+            current is not None
+            and await self.journal.epoch_marker(ENGINE_PROXY) == tracker.known.id
+        )
+        baselines = await self.journal.baselines(ENGINE_PROXY, current) if same and current else {}
+        if _any_went_down(baselines, readings):
+            # The core's counters only go down when it restarts (they outlive a
+            # user's removal): a restart too quick for the uptime to show.
+            tracker.force_new(after.uptime, trio.current_time(), self.wall_ms())
+            same, baselines = False, {}
+        marker = tracker.known.id
+        epoch = current if same and current is not None else next_epoch(current)
+        sample = compute_deltas(
+            baselines,
+            readings,
+            engine=ENGINE_PROXY,
+            epoch=epoch,
+            resolve=proxy_resolver(proxy_owners(desired)),
+        )
+        return await self._commit(sample, now_ms, marker, new_epoch=not same)
+
+    # ------------------------------------------------------------ WireGuard
+
+    async def sample_wireguard(
+        self, wg: WireGuard, desired: DesiredState, now_ms: int
+    ) -> EngineRound:
+        interfaces = sorted(set(self.wg_interfaces()))
+        if not interfaces:
+            return EngineRound(ENGINE_WIREGUARD, skipped="no WireGuard interfaces to sample")
+        current = await self.journal.current_epoch(ENGINE_WIREGUARD)
+        previous_tokens = parse_wg_marker(await self.journal.epoch_marker(ENGINE_WIREGUARD))
+        previous = await self.journal.baselines(ENGINE_WIREGUARD, current) if current else {}
+        tokens = dict(previous_tokens)
+        read_tokens: dict[str, str] = {}
+        readings: dict[str, int] = {}
+        problems: list[str] = []
+        for iface in interfaces:
+            try:
+                token = (await wg.instance(iface)).token
+                peers = await wg.peers(iface)
+                again = (await wg.instance(iface)).token
+            except WireGuardError as e:
+                problems.append(str(e))
+                continue
+            if again != token:
+                problems.append(f"interface {iface!r} was recreated while being read")
+                continue
+            read_tokens[iface] = token
+            for peer in peers:
+                readings[wg_counter(iface, peer.public_key, "rx")] = peer.rx_bytes
+                readings[wg_counter(iface, peer.public_key, "tx")] = peer.tx_bytes
+        if not read_tokens:
+            return EngineRound(ENGINE_WIREGUARD, skipped="; ".join(problems))
+        new_epoch, baselines = wg_epoch_inputs(previous_tokens, previous, read_tokens)
+        if current is None:
+            new_epoch = True
+        # Interfaces not read this round keep their baselines: no delta, no reset.
+        for name, value in baselines.items():
+            parsed = parse_wg_counter(name)
+            if parsed is not None and parsed[0] not in read_tokens:
+                readings[name] = value
+        tokens.update(read_tokens)
+        epoch = next_epoch(current) if new_epoch else current
+        assert epoch is not None
+        sample = compute_deltas(
+            baselines,
+            readings,
+            engine=ENGINE_WIREGUARD,
+            epoch=epoch,
+            resolve=wg_resolver(wg_owners(desired)),
+        )
+        result = await self._commit(
+            sample, now_ms, json.dumps(tokens, sort_keys=True), new_epoch=new_epoch
+        )
+        if problems:
+            log.warning("WireGuard interfaces not sampled this round: %s", "; ".join(problems))
+        return result
+
+    # ------------------------------------------------------------ commit
+
+    async def _commit(self, sample: Sample, now_ms: int, marker: str, *, new_epoch: bool):
+        seqs = await self.journal.commit_sample(sample, sampled_at_ms=now_ms, epoch_marker=marker)
+        if new_epoch:
+            log.info("%s counters: epoch %s (%s)", sample.engine, sample.epoch, marker)
+        return EngineRound(
+            sample.engine,
+            epoch=sample.epoch,
+            new_epoch=new_epoch,
+            deltas=len(sample.deltas),
+            seqs=seqs,
+            uplink=sum(d.uplink for d in sample.deltas),
+            downlink=sum(d.downlink for d in sample.deltas),
+            unattributed=sum(sample.unattributed.values()),
+        )

@@ -1,0 +1,224 @@
+"""Sampler logic with stub engines (the same calls are exercised against the
+real v2ray core in test_sampler_core.py and real wireguard-go in
+test_sampler_wg.py): epochs, skipped engines, refused counters."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from edgeward.agent.core_driver import CoreCallError, CoreUnavailable
+from edgeward.agent.deltas import (
+    ENGINE_PROXY,
+    ENGINE_WIREGUARD,
+    proxy_counter,
+    wg_counter,
+)
+from edgeward.agent.journal import open_journal
+from edgeward.agent.model import DesiredState, DesiredUser, ProxyProtocol, ProxyUser
+from edgeward.agent.sampler import (
+    Sampler,
+    parse_wg_marker,
+    proxy_owners,
+    wg_epoch_inputs,
+)
+
+WALL = 1_700_000_000_000
+UP, DOWN = proxy_counter("a@x", "uplink"), proxy_counter("a@x", "downlink")
+
+
+def state(*, suspended: bool = False) -> DesiredState:
+    user = ProxyUser(
+        "vless-in", ProxyProtocol.VLESS, "a@x", "0" * 8 + "-0000-4000-8000-" + "0" * 12
+    )
+    return DesiredState(1, (DesiredUser("alice", (user,), suspended=suspended),))
+
+
+@dataclass
+class SysStats:
+    uptime: int
+
+
+class StubCore:
+    """Answers sys_stats/query_stats like CoreDriver (uptime in s, counters by name)."""
+
+    def __init__(self) -> None:
+        self.uptime = 100
+        self.counters: dict[str, object] = {}
+        self.fail: Exception | None = None
+        self.restart_during_query = False
+
+    async def sys_stats(self) -> SysStats:
+        if self.fail:
+            raise self.fail
+        return SysStats(self.uptime)
+
+    async def query_stats(self, pattern: str = "", *, reset: bool = False) -> dict:
+        assert not reset and pattern == "user>>>"
+        counters = dict(self.counters)
+        if self.restart_during_query:
+            self.uptime = 0
+        return counters
+
+
+def sampler(journal, core, desired=None) -> Sampler:
+    return Sampler(journal, desired=lambda: desired or state(), core=core, wall_ms=lambda: WALL + 1)
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def test_wg_epoch_carries_baselines_of_interfaces_not_recreated():
+    a_rx, b_rx = wg_counter("wg0", "K1", "rx"), wg_counter("wg1", "K2", "rx")
+    baselines = {a_rx: 10, b_rx: 20}
+    assert wg_epoch_inputs({"wg0": "t1", "wg1": "u1"}, baselines, {"wg0": "t1"}) == (
+        False,
+        baselines,
+    )
+    # a new interface is no new epoch: its counters have no baselines yet
+    assert wg_epoch_inputs({"wg0": "t1"}, baselines, {"wg0": "t1", "wg9": "x"})[0] is False
+    assert wg_epoch_inputs({"wg0": "t1", "wg1": "u1"}, baselines, {"wg0": "t2", "wg1": "u1"}) == (
+        True,
+        {b_rx: 20},
+    )
+
+
+def test_wg_marker_parsing_tolerates_absent_or_foreign_markers():
+    assert parse_wg_marker(None) == {} == parse_wg_marker("") == parse_wg_marker("[1]")
+    assert parse_wg_marker("not json") == {}
+    assert parse_wg_marker(json.dumps({"wg0": "t"})) == {"wg0": "t"}
+
+
+def test_suspended_users_still_own_their_counters():
+    assert proxy_owners(state(suspended=True)) == {"a@x": "alice"}
+
+
+# ---------------------------------------------------------------- with a journal
+
+
+async def test_deltas_epochs_and_zero_rounds(tmp_path):
+    core = StubCore()
+    async with open_journal(tmp_path / "j.db") as journal:
+        s = sampler(journal, core)
+        gone = proxy_counter("gone@x", "uplink")  # a user no longer desired
+        core.counters = {UP: 100, DOWN: 1000, gone: 7}
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert (r.epoch, r.new_epoch, r.uplink, r.downlink, r.unattributed) == (
+            "1",
+            True,
+            100,
+            1000,
+            7,
+        )
+        rows = (await journal.outbox_stats()).rows
+        r = (await s.sample_once()).engines[ENGINE_PROXY]  # nothing moved
+        assert (r.deltas, r.seqs) == (0, (0, 0))
+        assert (await journal.outbox_stats()).rows == rows
+        core.counters = {UP: 150, DOWN: 1000, gone: 7}
+        core.uptime += 10
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert (r.epoch, r.new_epoch, r.uplink, r.downlink) == ("1", False, 50, 0)
+
+        # restarted core: a new epoch, counted from zero, nothing subtracted
+        core.uptime, core.counters = 0, {UP: 30}
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert (r.epoch, r.new_epoch, r.uplink, r.downlink) == ("2", True, 30, 0)
+        assert await journal.outbox_totals() == {
+            ("alice", ENGINE_PROXY, "1"): (150, 1000),
+            ("alice", ENGINE_PROXY, "2"): (30, 0),
+        }
+
+
+async def test_a_new_agent_continues_the_epoch_of_a_core_still_running(tmp_path):
+    core = StubCore()
+    core.counters = {UP: 100}
+    async with open_journal(tmp_path / "j.db") as journal:
+        await sampler(journal, core).sample_once()
+        core.counters = {UP: 120}
+        r = (await sampler(journal, core).sample_once()).engines[ENGINE_PROXY]
+        assert (r.epoch, r.new_epoch, r.uplink) == ("1", False, 20)
+
+
+@pytest.mark.parametrize(
+    "fail, reason",
+    [
+        (CoreUnavailable("core unreachable: [Errno 111] Connection refused"), "Connection refused"),
+        (CoreCallError("/x/GetSysStats: permission denied"), "refused a stats call"),
+    ],
+)
+async def test_an_unreachable_core_is_skipped_not_zeroed(tmp_path, caplog, fail, reason):
+    core = StubCore()
+    core.counters = {UP: 100}
+    async with open_journal(tmp_path / "j.db") as journal:
+        s = sampler(journal, core)
+        await s.sample_once()
+        core.fail = fail
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert not r.committed and reason in (r.skipped or "")
+        assert reason in caplog.text
+        assert await journal.baselines(ENGINE_PROXY, "1") == {UP: 100}
+        core.fail = None
+        core.counters = {UP: 101}
+        assert (await s.sample_once()).engines[ENGINE_PROXY].uplink == 1
+
+
+async def test_restart_during_the_reading_skips_the_round(tmp_path):
+    core = StubCore()
+    core.counters = {UP: 100}
+    async with open_journal(tmp_path / "j.db") as journal:
+        s = sampler(journal, core)
+        await s.sample_once()
+        core.restart_during_query = True
+        core.counters = {UP: 500}  # which life of the core is this from? unknowable
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert r.skipped == "the core restarted during the reading"
+        core.restart_during_query = False
+        core.counters = {UP: 5}
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert (r.epoch, r.new_epoch, r.uplink) == ("2", True, 5)
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [(-5, "is negative: -5"), (1.5, "is not an integer: 1.5"), ("7", "is not an integer: '7'")],
+)
+async def test_bad_counters_are_refused_and_nothing_is_committed(tmp_path, caplog, value, text):
+    core = StubCore()
+    core.counters = {UP: 100, DOWN: 10}
+    async with open_journal(tmp_path / "j.db") as journal:
+        s = sampler(journal, core)
+        await s.sample_once()
+        before = (await journal.outbox_stats(), await journal.baselines(ENGINE_PROXY, "1"))
+        core.counters = {UP: 200, DOWN: value}
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert r.error and not r.committed
+        assert text in (r.skipped or "") and text in caplog.text
+        assert (await journal.outbox_stats(), await journal.baselines(ENGINE_PROXY, "1")) == before
+
+
+async def test_a_node_without_wireguard_interfaces_skips_that_engine(tmp_path):
+    from edgeward.agent.wireguard import WireGuard
+
+    async with open_journal(tmp_path / "j.db") as journal:
+        s = Sampler(journal, desired=state, wg=WireGuard())
+        r = (await s.sample_once()).engines[ENGINE_WIREGUARD]
+        assert r.skipped == "no WireGuard interfaces to sample"
+        assert await journal.current_epoch(ENGINE_WIREGUARD) is None
+
+
+async def test_a_counter_going_down_is_a_restart_the_uptime_did_not_show(tmp_path):
+    core = StubCore()
+    core.counters = {UP: 100, DOWN: 1000}
+    async with open_journal(tmp_path / "j.db") as journal:
+        s = sampler(journal, core)
+        await s.sample_once()
+        # same uptime story, but the core forgot: every counter of the new
+        # life is counted in full, also the one already above its old baseline
+        core.counters = {UP: 120, DOWN: 10}
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert (r.epoch, r.new_epoch, r.uplink, r.downlink) == ("2", True, 120, 10)
+        core.counters = {UP: 130, DOWN: 10}
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert (r.epoch, r.new_epoch, r.uplink) == ("2", False, 10)

@@ -234,3 +234,160 @@ class GrpcClient:
 
     async def aclose(self) -> None:
         await self._island.run(self._close_in_asyncio)
+
+
+# ---------------------------------------------------------------- one bidirectional stream
+
+
+class StreamEnded(Exception):
+    """The stream is over; `error` is what ended it (None: the server closed it cleanly)."""
+
+    def __init__(self, error: BaseException | None) -> None:
+        super().__init__(f"stream ended: {error!r}" if error else "stream ended")
+        self.error = error
+
+
+_END = object()
+# grpclib's sender does not yield while the HTTP/2 window has room (DESIGN.md §3).
+_YIELD_EVERY = 32
+
+
+class BidiStream:
+    """One stream-stream gRPC call kept inside one asyncio coroutine.
+
+    trio moves *lists* of messages across (one crossing per list): `send(msgs)`
+    queues them for the asyncio writer, `receive()` returns every message that
+    arrived since the last call (waiting for at least one). `end()` half-closes
+    our side; `aclose()` cancels the call and closes its channel.
+    """
+
+    def __init__(self, island: AsyncioIsland, channel: Channel) -> None:
+        self._island = island
+        self._channel = channel
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._ended: StreamEnded | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        island: AsyncioIsland,
+        host: str,
+        port: int,
+        path: str,
+        request_type: type,
+        reply_type: type,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> BidiStream:
+        """Open the channel and start the call (the connection is made lazily by grpclib:
+        a failure to connect shows up as StreamEnded on the first receive)."""
+
+        async def build() -> BidiStream:
+            from grpclib.config import Configuration
+
+            config = Configuration(ssl_target_name_override=server_hostname or None)
+            channel = Channel(host, port, ssl=ssl_context, config=config)
+            stream = cls(island, channel)
+            stream._task = asyncio.ensure_future(stream._pump(path, request_type, reply_type))
+            return stream
+
+        stream = await island.run(build)
+        island.on_close(stream._close_in_asyncio)
+        return stream
+
+    async def _pump(self, path: str, request_type: type, reply_type: type) -> None:
+        error: BaseException | None = None
+        try:
+            async with self._channel.request(
+                path, Cardinality.STREAM_STREAM, request_type, reply_type, timeout=None
+            ) as stream:
+                await stream.send_request()
+                writer = asyncio.ensure_future(self._write(stream))
+                try:
+                    while True:
+                        message = await stream.recv_message()
+                        if message is None:
+                            break
+                        self._inbox.put_nowait(message)
+                    await stream.recv_trailing_metadata()  # a non-OK status raises here
+                finally:
+                    writer.cancel()
+                    with contextlib.suppress(BaseException):
+                        await writer
+        except asyncio.CancelledError:
+            error = ConnectionAbortedError("stream closed by this side")
+        except Exception as e:  # connection refused/reset, TLS failure, GRPCError
+            error = e
+        finally:
+            self._inbox.put_nowait((_END, error))
+
+    async def _write(self, stream: Any) -> None:
+        sent = 0
+        while True:
+            batch = await self._outbox.get()
+            if batch is _END:
+                await stream.end()
+                return
+            for message in batch:
+                await stream.send_message(message)
+                sent += 1
+                if sent % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+
+    async def _put(self, batch: Any) -> None:
+        self._outbox.put_nowait(batch)
+
+    async def _get_all(self) -> list[Any]:
+        items = [await self._inbox.get()]
+        while not self._inbox.empty():
+            items.append(self._inbox.get_nowait())
+        return items
+
+    async def send(self, messages: Sequence[Any]) -> None:
+        """Queue messages for sending, in order (one crossing)."""
+        if self._ended is not None:
+            raise self._ended
+        if messages:
+            await self._island.run(self._put, list(messages))
+
+    async def end(self) -> None:
+        """Half-close: nothing more will be sent (the server may still answer)."""
+        if self._ended is None:
+            await self._island.run(self._put, _END)
+
+    async def receive(self) -> list[Any]:
+        """The messages that arrived, at least one; StreamEnded once the call is over."""
+        if self._ended is not None:
+            raise self._ended
+        items = await self._island.run(self._get_all)
+        messages = []
+        for item in items:
+            if isinstance(item, tuple) and item and item[0] is _END:
+                self._ended = StreamEnded(item[1])
+                break
+            messages.append(item)
+        if not messages and self._ended is not None:
+            raise self._ended
+        return messages
+
+    async def _close_in_asyncio(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        self._channel.close()
+        await asyncio.sleep(0.01)  # let the TLS transport finish closing
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            if not self._island._closed:
+                await self._island.run(self._close_in_asyncio)
+            with contextlib.suppress(ValueError):
+                self._island._closers.remove(self._close_in_asyncio)

@@ -29,12 +29,22 @@ def _setting(default: Any, doc: str) -> Any:
 class CentralSettings:
     address: str = _setting("", "central's host:port; empty runs the node without central")
     server_name: str = _setting("", "name to verify in central's certificate (default: host)")
-    ca_file: str = _setting("/etc/edgeward/pki/ca.crt", "edgeward CA certificate (PEM)")
-    cert_file: str = _setting("/etc/edgeward/pki/node.crt", "this node's certificate (PEM)")
-    key_file: str = _setting("/etc/edgeward/pki/node.key", "this node's private key (PEM, 0600)")
+    # Under systemd hardening the agent can write only its state directory: enrollment
+    # and certificate renewal put the files there.
+    ca_file: str = _setting("/var/lib/edgeward-agent/pki/ca.crt", "edgeward CA certificate (PEM)")
+    cert_file: str = _setting(
+        "/var/lib/edgeward-agent/pki/node.crt", "this node's certificate (PEM, renewed in place)"
+    )
+    key_file: str = _setting(
+        "/var/lib/edgeward-agent/pki/node.key", "this node's private key (PEM, 0600)"
+    )
     reconnect_min: float = _setting(1.0, "first reconnect delay after a lost stream, seconds")
-    reconnect_max: float = _setting(60.0, "longest reconnect delay (exponential, jittered)")
-    batch_size: int = _setting(500, "usage deltas per batch sent to central")
+    reconnect_max: float = _setting(60.0, "longest reconnect delay (exponential, full jitter)")
+    batch_size: int = _setting(1000, "usage deltas per batch sent to central")
+    window: int = _setting(4, "usage batches in flight before waiting for central's ack")
+    heartbeat_interval: float = _setting(
+        15.0, "seconds between heartbeats; 3 missed answers end the connection"
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,9 @@ class AgentConfig:
     )
     sample_interval: float = _setting(10.0, "seconds between traffic counter samples")
     log_level: str = _setting("info", "debug, info, warning or error")
+    stop_grace: float = _setting(
+        5.0, "on SIGTERM, seconds to wait for central to acknowledge the outbox"
+    )
     central: CentralSettings = field(default_factory=CentralSettings)
     core: CoreSettings = field(default_factory=CoreSettings)
     wireguard: WireguardSettings = field(default_factory=WireguardSettings)
@@ -109,6 +122,17 @@ def validate(config: AgentConfig) -> AgentConfig:
         raise ConfigError(f"core.flavor must be 'xray' or 'v2fly', not {config.core.flavor!r}")
     if config.sample_interval <= 0 or config.core.poll_interval <= 0:
         raise ConfigError("sample_interval and core.poll_interval must be positive")
+    central = config.central
+    if central.address:
+        host, sep, port = central.address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"central.address {central.address!r} is not host:port")
+    if central.reconnect_min <= 0 or central.reconnect_max < central.reconnect_min:
+        raise ConfigError("central.reconnect_min must be > 0 and <= central.reconnect_max")
+    if central.batch_size < 1 or central.window < 1 or central.heartbeat_interval <= 0:
+        raise ConfigError("central.batch_size, window and heartbeat_interval must be positive")
+    if config.stop_grace < 0:
+        raise ConfigError("stop_grace must not be negative")
     if config.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {config.log_level!r} is not one of debug/info/warning/error")
     return config

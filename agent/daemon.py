@@ -1,0 +1,375 @@
+"""The node daemon: one trio root nursery running everything the agent does.
+
+`serve(config, task_status=..., shutdown_trigger=...)` is the whole program
+minus signals and process setup, so tests run it in-process; `run_daemon`
+(the `edgeward-agent run` command) adds SIGTERM/SIGINT (bounded graceful
+drain), SIGHUP (re-read the config), systemd notify and stderr logging.
+
+Tasks: CoreSync (users into the proxy core), the proxy sampler (counters into
+journalled deltas), the local enforcer (expiry, spent leases), the uplink to
+central (when configured), the control socket, and a watchdog that pings
+systemd only while the journal answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from edgeward.proto import v1
+from edgeward.sdnotify import Notifier, watchdog_interval
+
+from .aio_bridge import AsyncioIsland, open_island
+from .config import AgentConfig, ConfigError, load
+from .control import serve_control
+from .core_driver import CoreCallError, CoreDriver, CoreUnavailable
+from .core_flavor import flavor_by_name
+from .core_sync import CoreSync, Epoch, PassReport
+from .deltas import ENGINE_PROXY, compute_deltas, proxy_resolver
+from .journal import Journal
+from .node import Node, wall_ms
+from .uplink import Uplink, split_address
+
+log = logging.getLogger("edgeward.agent.daemon")
+
+# A sample whose core start time moved by more than this is of another core process.
+EPOCH_SLACK_MS = 1500
+LOCAL_CHECK_INTERVAL = 1.0
+CRASH_ENV = "EDGEWARD_AGENT_CRASH"
+_crash_hits: dict[str, int] = {}
+
+
+def crashpoint(name: str) -> None:
+    """Test hook: EDGEWARD_AGENT_CRASH=NAME:N kills this process (SIGKILL) at the
+    Nth time it passes point NAME. Unset (always, in production): nothing."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    point, _, count = spec.partition(":")
+    if point != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] >= int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- proxy sampling
+
+
+async def sample_proxy(node: Node, driver: CoreDriver, sync: CoreSync) -> tuple[int, int] | None:
+    """One sample of the core's user counters into the journal; None when skipped.
+
+    The uptime is read *after* the counters: if the core restarted before the
+    read, its start time moved and the readings belong to an epoch CoreSync has
+    not started yet, so they are left for the next sample (never subtracted
+    from the old epoch's baselines).
+    """
+    epoch = sync.epoch
+    if epoch is None:
+        return None
+    readings = await driver.query_stats("user>>>")
+    stats = await driver.sys_stats()
+    now = wall_ms()
+    if now - stats.uptime * 1000 > epoch.started_at_ms + EPOCH_SLACK_MS:
+        log.info("core restarted since epoch %s: sample skipped", epoch.id)
+        sync.request_pass()
+        return None
+    emails: dict[str, str] = {}
+    for user in node.desired.users:
+        for proxy in user.proxies:
+            emails[proxy.email] = user.user_id
+    baselines = await node.journal.baselines(ENGINE_PROXY, epoch.id)
+    sample = compute_deltas(
+        baselines, readings, engine=ENGINE_PROXY, epoch=epoch.id, resolve=proxy_resolver(emails)
+    )
+    crashpoint("after-read")
+    return await node.commit_sample(sample, sampled_at_ms=now)
+
+
+# ---------------------------------------------------------------- the daemon
+
+
+@dataclass
+class Daemon:
+    """Handles to the running parts (tests and the control socket read them)."""
+
+    config: AgentConfig
+    node: Node
+    core_sync: CoreSync
+    uplink: Uplink | None
+    started_at_ms: int = field(default_factory=wall_ms)
+    samples: int = 0
+    last_sample_error: str | None = None
+    reloads: int = 0
+
+    def status(self) -> dict[str, Any]:
+        sync = self.core_sync
+        effective = self.node.effective()
+        now = wall_ms()
+        uplink = self.uplink.status if self.uplink else None
+        applied = self.node.applied.get(ENGINE_PROXY, {})
+        return {
+            "node_id": self.config.node_id,
+            "revision": self.node.revision,
+            "epoch": sync.epoch.id if sync.epoch else None,
+            "epoch_evidence": sync.epoch_evidence,
+            "core_reachable": sync.reachable,
+            "users_desired": len(self.node.desired.users),
+            "users_served": sum(1 for u in effective.users if u.is_active(now)),
+            "users_applied": len(applied),
+            "connection": uplink.state if uplink else "off",
+            "acked_seq": uplink.acked_seq if uplink else None,
+            "last_ack_at_ms": uplink.last_ack_at_ms if uplink else None,
+            "last_error": uplink.last_error if uplink else None,
+            "samples": self.samples,
+            "last_sample_error": self.last_sample_error,
+        }
+
+    async def full_status(self) -> dict[str, Any]:
+        stats = await self.node.journal.outbox_stats()
+        status = self.status()
+        status.update(
+            outbox_depth=stats.rows,
+            outbox_bytes=stats.uplink + stats.downlink,
+            journal_head_seq=stats.high_seq,
+            journal_acked_seq=stats.acked_seq,
+        )
+        return status
+
+    async def handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        if command == "status":
+            return {"ok": True, "status": await self.full_status()}
+        if command == "explain":
+            user = request.get("user")
+            if not isinstance(user, str) or not user:
+                return {"ok": False, "error": "explain needs a user id"}
+            return {"ok": True, "explain": self.node.explain(user)}
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def applied_report(self) -> v1.AppliedReport | None:
+        report = self.core_sync.last_pass
+        if report is None:
+            return None
+        return v1.AppliedReport(
+            revision=report.revision,
+            users_desired=self.status()["users_served"],
+            users_applied=len(self.node.applied.get(ENGINE_PROXY, {})),
+            errors=[
+                v1.ApplyError(user_id=user or "", engine=v1.Engine.PROXY, message=message)
+                for user, message in report.problems()[:100]
+            ],
+        )
+
+    def reload(self, config: AgentConfig) -> None:
+        """Take a re-read config: intervals, reconnect and logging apply now;
+        the journal path, core address and control socket need a restart."""
+        for what in ("state_dir", "control_socket", "core"):
+            if getattr(config, what) != getattr(self.config, what):
+                log.warning("reload: %s changed; takes effect after a restart", what)
+        self.config = config
+        if self.uplink is not None:
+            self.uplink.config = config
+        setup_logging(config.log_level)
+        self.reloads += 1
+        log.info("configuration reloaded")
+
+
+async def _on_pass(daemon_ref: list[Daemon], report: PassReport) -> None:
+    if not daemon_ref:
+        return
+    daemon = daemon_ref[0]
+    crashpoint("during-reconcile")
+    node, sync = daemon.node, daemon.core_sync
+    owner: dict[tuple[str, str], str] = {}
+    for user in node.desired.users:
+        for proxy in user.proxies:
+            owner[proxy.key] = user.user_id
+    held: dict[str, list[str]] = {}
+    for key in sync.applied:
+        user_id = owner.get(key)
+        if user_id is not None:
+            held.setdefault(user_id, []).append(f"{key[0]}/{key[1]}")
+    await node.record_applied(ENGINE_PROXY, {u: sorted(v) for u, v in held.items()})
+    for _user, message in report.problems():
+        log.warning("core: %s", message)
+
+
+async def _sampler(daemon: Daemon, driver: CoreDriver) -> None:
+    while True:
+        await trio.sleep(daemon.config.sample_interval)
+        await _sample_once(daemon, driver)
+
+
+async def _sample_once(daemon: Daemon, driver: CoreDriver) -> None:
+    try:
+        await sample_proxy(daemon.node, driver, daemon.core_sync)
+        daemon.samples += 1
+        daemon.last_sample_error = None
+    except (CoreUnavailable, CoreCallError) as e:
+        daemon.last_sample_error = str(e)
+        log.warning("sample skipped: %s", e)
+
+
+async def _local_enforcer(node: Node) -> None:
+    while True:
+        await node.check_local()
+        await trio.sleep(LOCAL_CHECK_INTERVAL)
+
+
+async def _watchdog(daemon: Daemon, notifier: Notifier) -> None:
+    """WATCHDOG=1 only while the main loop turns and the journal answers."""
+    period = min(watchdog_interval() or 5.0, 5.0)
+    while True:
+        with trio.move_on_after(max(period, 0.5)):
+            status = await daemon.full_status()
+            notifier.watchdog()
+            notifier.status(
+                f"{status['connection']}; {status['users_served']}/{status['users_desired']} "
+                f"users served; outbox {status['outbox_depth']}"
+            )
+        await trio.sleep(period)
+
+
+async def serve(
+    config: AgentConfig,
+    *,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+    shutdown_trigger: trio.Event | None = None,
+    notifier: Notifier | None = None,
+    island_hook: Callable[[AsyncioIsland], None] | None = None,
+) -> None:
+    """Run the node until shutdown_trigger is set (or cancelled).
+
+    Raises JournalError at startup for a journal that is not usable (never
+    replaced), ConfigError for settings that cannot work.
+    """
+    notifier = notifier or Notifier()
+    shutdown_trigger = shutdown_trigger or trio.Event()
+    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
+    host, port = split_address(config.core.api)
+    flavor = flavor_by_name(config.core.flavor)
+    journal = await Journal.open(config.journal_path)
+    async with journal:
+        node = await Node.load(journal)
+        epoch_id = await journal.current_epoch(ENGINE_PROXY)
+        known = None
+        if epoch_id is not None and epoch_id.isdigit():
+            known = Epoch(epoch_id, int(epoch_id))
+        daemon_ref: list[Daemon] = []
+
+        async def on_pass(report: PassReport) -> None:
+            await _on_pass(daemon_ref, report)
+
+        async with open_island() as island:
+            if island_hook is not None:
+                island_hook(island)
+            driver = await CoreDriver.open(
+                island, host, port, flavor, concurrency=config.core.concurrency
+            )
+            sync = CoreSync(
+                driver,
+                desired=node.effective(),
+                poll_interval=config.core.poll_interval,
+                known_epoch=known,
+                on_pass=on_pass,
+            )
+            node.subscribe(sync.set_desired)
+            uplink = None
+            if config.central.address:
+                uplink = Uplink(
+                    node,
+                    config,
+                    island,
+                    core_epoch=lambda: sync.epoch.id if sync.epoch else "",
+                )
+            daemon = Daemon(config, node, sync, uplink)
+            daemon_ref.append(daemon)
+            if uplink is not None:
+                uplink.applied_report = daemon.applied_report
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sync.run)
+                nursery.start_soon(_sampler, daemon, driver)
+                nursery.start_soon(_local_enforcer, node)
+                if uplink is not None:
+                    nursery.start_soon(uplink.run)
+                await nursery.start(serve_control, config.control_socket, daemon.handle_control)
+                nursery.start_soon(_watchdog, daemon, notifier)
+                log.info(
+                    "edgeward-agent %s serving (revision %d, %d users)",
+                    config.node_id, node.revision, len(node.desired.users),
+                )  # fmt: skip
+                notifier.ready(f"serving {len(node.desired.users)} users")
+                task_status.started(daemon)
+                await shutdown_trigger.wait()
+                notifier.stopping("stopping: last sample, draining the outbox")
+                log.info("stopping: last sample, then up to %ss for central", config.stop_grace)
+                with trio.move_on_after(max(config.stop_grace, 0.1)):
+                    await _sample_once(daemon, driver)
+                if uplink is not None:
+                    await uplink.stop(config.stop_grace)
+                nursery.cancel_scope.cancel()
+    log.info("stopped")
+
+
+# ---------------------------------------------------------------- the process
+
+
+class _PriorityFilter(logging.Filter):
+    # journald reads "<N>" (syslog priority) at the start of each stderr line.
+    LEVELS = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.priority = self.LEVELS.get(record.levelno, 2)
+        return True
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_edgeward", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.addFilter(_PriorityFilter())
+        handler.setFormatter(logging.Formatter("<%(priority)d>%(name)s: %(message)s"))
+        handler._edgeward = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+async def run_daemon(config_path: Path) -> None:
+    """`edgeward-agent run`: serve with signals (TERM/INT stop, HUP reloads) and systemd."""
+    config = load(config_path)
+    setup_logging(config.log_level)
+    notifier = Notifier()
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            daemon: Daemon = await nursery.start(
+                lambda task_status: serve(
+                    config, task_status=task_status, shutdown_trigger=shutdown, notifier=notifier
+                )
+            )
+
+            async def handle_signals() -> None:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        notifier.reloading()
+                        try:
+                            daemon.reload(load(config_path))
+                        except ConfigError as e:
+                            log.error("reload refused, keeping the running config: %s", e)
+                        notifier.ready("reloaded")
+                    else:
+                        log.info("signal %s: stopping", signal.Signals(signum).name)
+                        shutdown.set()
+                        return
+
+            nursery.start_soon(handle_signals)
+    notifier.close()

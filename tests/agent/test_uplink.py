@@ -1,0 +1,118 @@
+"""The uplink against the real central in-process, over real mTLS and real SQLite files."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import trio
+
+from edgeward.agent.aio_bridge import open_island
+from edgeward.agent.deltas import ENGINE_PROXY, Delta, Sample
+from edgeward.agent.journal import open_journal
+from edgeward.agent.node import Node
+from edgeward.agent.uplink import Uplink, backoff_delay, split_address
+from tests.e2e.agent_setup import ADMIN, central_call, node_config, start_central, wait_for
+
+
+def sample(epoch: str, *deltas: tuple[str, int, int], baselines=None) -> Sample:
+    return Sample(
+        ENGINE_PROXY,
+        epoch,
+        tuple(Delta(u, ENGINE_PROXY, epoch, up, down) for u, up, down in deltas),
+        baselines or {},
+        {},
+    )
+
+
+def test_backoff_is_full_jitter_below_an_exponential_ceiling():
+    rng = random.Random(7)
+    for attempt in range(12):
+        ceiling = min(8.0, 0.5 * 2**attempt)
+        delays = [backoff_delay(attempt, 0.5, 8.0, rng) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.8  # spread over the whole range
+        assert min(delays) < ceiling * 0.2
+
+
+def test_split_address():
+    assert split_address("central.example:7443") == ("central.example", 7443)
+    assert split_address("[::1]:7443") == ("::1", 7443)
+    with pytest.raises(ValueError, match="not host:port"):
+        split_address("central.example")
+
+
+@pytest.fixture
+def central(tmp_path: Path):
+    central = start_central(tmp_path)
+    try:
+        yield central
+    finally:
+        central.stop()
+
+
+async def test_deltas_reach_central_once_and_leave_the_journal_only_after_ack(tmp_path, central):
+    storage = central.storage
+    await central_call(
+        central, storage.create_user, "alice", actor=ADMIN, data_limit_bytes=10**9,
+        node_ids=["node-a"],
+    )  # fmt: skip
+    await central_call(central, storage.create_user, "bob", actor=ADMIN, node_ids=["node-a"])
+    config = node_config(tmp_path, central.pki, central.address)
+    async with open_journal(Path(config.state_dir) / "journal.sqlite") as journal:
+        node = await Node.load(journal)
+        # Journalled before any connection: the outbox replays on connect.
+        await node.commit_sample(sample("e1", ("alice", 100, 1000)), sampled_at_ms=1)
+        await node.commit_sample(sample("e1", ("alice", 5, 0), ("bob", 7, 70)), sampled_at_ms=2)
+        async with open_island() as island, trio.open_nursery() as nursery:
+            uplink = Uplink(node, config, island)
+            nursery.start_soon(uplink.run)
+            await wait_for(lambda: uplink.status.acked_seq == 3, "the first acks")
+            assert (await journal.outbox_stats()).rows == 0
+            # The snapshot and the lease grant arrived through the node into the journal.
+            assert {u.user_id for u in node.desired.users} == {"alice", "bob"}
+            assert (await journal.desired())[0] == node.revision > 0
+            assert set(await journal.leases()) == {"alice"}
+            # More traffic while connected is sent without reconnecting.
+            await node.commit_sample(sample("e1", ("bob", 1, 1)), sampled_at_ms=3)
+            await wait_for(lambda: uplink.status.acked_seq == 4, "the ack of seq 4")
+            # An admin change on central reaches the node as a change.
+            await central_call(central, storage.create_user, "carol", actor=ADMIN,
+                               node_ids=["node-a"])  # fmt: skip
+            await wait_for(lambda: node.desired.user("carol") is not None, "carol's upsert")
+            await central_call(central, storage.set_suspended, "bob", True, actor=ADMIN,
+                               why="test")  # fmt: skip
+            await wait_for(lambda: not node.explain("bob")["served"], "bob's suspension")
+            assert uplink.status.sessions == 1
+            nursery.cancel_scope.cancel()
+    alice = await central_call(central, storage.get_user, "alice")
+    bob = await central_call(central, storage.get_user, "bob")
+    assert (alice.uplink_bytes, alice.downlink_bytes) == (105, 1000)
+    assert (bob.uplink_bytes, bob.downlink_bytes) == (8, 71)
+
+
+async def test_reconnects_after_central_restarts_and_replays_unacked(tmp_path, central):
+    storage = central.storage
+    await central_call(central, storage.create_user, "alice", actor=ADMIN, node_ids=["node-a"])
+    config = node_config(tmp_path, central.pki, central.address)
+    async with open_journal(Path(config.state_dir) / "journal.sqlite") as journal:
+        node = await Node.load(journal)
+        async with open_island() as island, trio.open_nursery() as nursery:
+            uplink = Uplink(node, config, island, rng=random.Random(1))
+            nursery.start_soon(uplink.run)
+            await node.commit_sample(sample("e1", ("alice", 10, 20)), sampled_at_ms=1)
+            await wait_for(lambda: uplink.status.acked_seq == 1, "the first ack")
+            await trio.to_thread.run_sync(central.stop)
+            await wait_for(lambda: uplink.status.state != "connected", "the lost connection")
+            # Central is away: deltas are journalled, not lost.
+            await node.commit_sample(sample("e1", ("alice", 1, 2)), sampled_at_ms=2)
+            await node.commit_sample(sample("e1", ("alice", 3, 4)), sampled_at_ms=3)
+            await trio.sleep(0.3)
+            assert (await journal.outbox_stats()).rows == 2
+            await trio.to_thread.run_sync(central.start)
+            await wait_for(lambda: uplink.status.acked_seq == 3, "the replay's ack")
+            assert uplink.status.sessions == 2
+            nursery.cancel_scope.cancel()
+    alice = await central_call(central, central.storage.get_user, "alice")  # the new storage
+    assert (alice.uplink_bytes, alice.downlink_bytes) == (14, 26)

@@ -15,6 +15,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable, Coroutine
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -126,7 +127,7 @@ def read_only(database: Path) -> sqlite3.Connection:
 
 
 def user_secrets(database: Path, user_id: str) -> UserSecrets:
-    with read_only(database) as db:
+    with closing(read_only(database)) as db:
         row = db.execute(
             "SELECT user_id, uuid, wg_private_key, wg_preshared_key, wg_address"
             " FROM credentials WHERE user_id = ?",

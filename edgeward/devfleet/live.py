@@ -3,6 +3,7 @@ central's database, read-only; pure formatting below the reader)."""
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ class UserRow:
 
 
 def read_users(database: Path) -> list[UserRow]:
-    with read_only(database) as db:
+    with closing(read_only(database)) as db:
         users = db.execute(
             "SELECT user_id, plan_id, data_limit_bytes, quota_used_bytes, enforced_reason,"
             " admin_suspended FROM users ORDER BY user_id"

@@ -162,3 +162,20 @@ def start_agent(procs: Processes, node: NodeLayout) -> None:
     if not procs.alive(name):
         procs.start(name, [*agent_program(), "run", "--config", str(node.agent_config)],
                     netns=node.ns)  # fmt: skip
+
+
+def agent_status(node: NodeLayout) -> dict | None:
+    """`edgeward-agent status --json` of the node's running agent, None if it does not
+    answer (dead, starting)."""
+    import json
+
+    proc = subprocess.run(
+        [*agent_program(), "status", "--json", "--config", str(node.agent_config)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return None
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        return None

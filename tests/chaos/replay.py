@@ -1,0 +1,68 @@
+"""The replay fault: a second connection with the node's own certificate sends
+deltas central has already committed (same (node, seq), same content), as a
+duplicate or late retransmission would. central must acknowledge and count
+nothing twice; the agent's stream is replaced meanwhile and reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+
+import betterproto2
+import grpclib.const
+from grpclib.client import Channel
+
+from edgeward.devfleet.layout import CENTRAL_PORT, FleetLayout, NodeLayout
+from edgeward.pki.tls import client_context
+from edgeward.proto import v1
+from edgeward.proto.usage_codec import UsageDelta, encode_usage
+
+STREAM = "/edgeward.v1.NodeService/Stream"
+WAIT = 10.0
+
+
+def committed_deltas(database: Path, node_id: str, limit: int) -> list[UsageDelta]:
+    """The node's last `limit` deltas in central's ledger, exactly as they were sent."""
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as db:
+        rows = db.execute(
+            "SELECT seq, user_id, engine, epoch, uplink_bytes, downlink_bytes, sampled_at_ms"
+            " FROM deltas WHERE node_id = ? ORDER BY seq DESC LIMIT ?",
+            (node_id, limit),
+        ).fetchall()
+    return [UsageDelta(*row) for row in reversed(rows)]
+
+
+async def _replay(layout: FleetLayout, node: NodeLayout, deltas: list[UsageDelta]) -> int:
+    ssl = client_context(layout.pki_dir / "ca.crt", node.cert, node.key)
+    channel = Channel(layout.central_address, CENTRAL_PORT, ssl=ssl)
+    try:
+        async with channel.request(
+            STREAM, grpclib.const.Cardinality.STREAM_STREAM, v1.NodeMessage, v1.CentralMessage,
+            timeout=WAIT * 2,
+        ) as stream:  # fmt: skip
+            await stream.send_request()
+            await stream.send_message(v1.NodeMessage(hello=v1.Hello(node_id=node.node_id)))
+            await stream.send_message(v1.NodeMessage(usage=encode_usage(deltas)))
+            while True:
+                message = await asyncio.wait_for(stream.recv_message(), WAIT)
+                if message is None:
+                    raise EOFError("central ended the replay stream before its ack")
+                kind, body = betterproto2.which_one_of(message, "kind")
+                if kind == "ack":
+                    with contextlib.suppress(Exception):
+                        await stream.cancel()
+                    return body.acked_seq
+                if kind == "error":
+                    raise RuntimeError(f"central refused the replay: {body.message}")
+    finally:
+        channel.close()
+
+
+def replay(layout: FleetLayout, node: NodeLayout, limit: int = 200) -> tuple[int, int]:
+    """Replay up to `limit` committed deltas; (deltas replayed, acked seq)."""
+    deltas = committed_deltas(layout.central_db, node.node_id, limit)
+    if not deltas:
+        return 0, 0
+    return len(deltas), asyncio.run(_replay(layout, node, deltas))

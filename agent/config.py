@@ -174,6 +174,22 @@ def example() -> str:
     return "\n".join(text) + "\n"
 
 
+def to_toml(config: AgentConfig) -> str:
+    """The config as a TOML file (every setting written out); `parse` reads it back."""
+    text = ["# edgeward-agent configuration (written by edgeward-agent)."]
+    for f in dataclasses.fields(AgentConfig):
+        if f.name not in SECTIONS:
+            text.append(f"{f.name} = {_toml_value(getattr(config, f.name))}")
+    for name in SECTIONS:
+        section = getattr(config, name)
+        text += ["", f"[{name}]"]
+        text += [
+            f"{f.name} = {_toml_value(getattr(section, f.name))}"
+            for f in dataclasses.fields(section)
+        ]
+    return "\n".join(text) + "\n"
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

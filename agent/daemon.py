@@ -14,7 +14,6 @@ systemd only while the journal answers.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from .core_flavor import flavor_by_name
 from .core_sync import CoreSync, Epoch, PassReport
 from .deltas import ENGINE_PROXY, compute_deltas, proxy_resolver
 from .journal import Journal
-from .node import Node, wall_ms
+from .node import Node, crashpoint, wall_ms
 from .uplink import Uplink, split_address
 
 log = logging.getLogger("edgeward.agent.daemon")
@@ -43,22 +42,6 @@ log = logging.getLogger("edgeward.agent.daemon")
 # A sample whose core start time moved by more than this is of another core process.
 EPOCH_SLACK_MS = 1500
 LOCAL_CHECK_INTERVAL = 1.0
-CRASH_ENV = "EDGEWARD_AGENT_CRASH"
-_crash_hits: dict[str, int] = {}
-
-
-def crashpoint(name: str) -> None:
-    """Test hook: EDGEWARD_AGENT_CRASH=NAME:N kills this process (SIGKILL) at the
-    Nth time it passes point NAME. Unset (always, in production): nothing."""
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
-    point, _, count = spec.partition(":")
-    if point != name:
-        return
-    _crash_hits[name] = _crash_hits.get(name, 0) + 1
-    if _crash_hits[name] >= int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- proxy sampling
@@ -253,7 +236,7 @@ async def serve(
     replaced), ConfigError for settings that cannot work.
     """
     notifier = notifier or Notifier()
-    shutdown_trigger = shutdown_trigger or trio.Event()
+    shutdown_trigger = shutdown_trigger if shutdown_trigger is not None else trio.Event()
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     host, port = split_address(config.core.api)
     flavor = flavor_by_name(config.core.flavor)

@@ -16,6 +16,8 @@ driver around them and the journal.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -42,6 +44,24 @@ log = logging.getLogger("edgeward.agent.node")
 LOCAL_REASONS = frozenset({int(v1.Reason.EXPIRED), int(v1.Reason.LEASE_SPENT)})
 _ACTIONS = {int(v1.Action.SUSPEND), int(v1.Action.RESUME)}
 _REASONS = {int(r) for r in v1.Reason}
+
+
+CRASH_ENV = "EDGEWARD_AGENT_CRASH"
+_crash_hits: dict[str, int] = {}
+
+
+def crashpoint(name: str) -> None:
+    """Test hook: EDGEWARD_AGENT_CRASH=NAME:N kills this process (SIGKILL) the Nth
+    time it passes point NAME. Unset (always, in production): does nothing."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    point, _, count = spec.partition(":")
+    if point != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] >= int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def wall_ms() -> int:

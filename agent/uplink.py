@@ -44,7 +44,7 @@ from edgeward.proto.usage_codec import encode_usage
 from .aio_bridge import AsyncioIsland, BidiStream, StreamEnded
 from .config import AgentConfig
 from .journal import AckAheadError
-from .node import Node, RefusedInput
+from .node import Node, RefusedInput, crashpoint
 
 log = logging.getLogger("edgeward.agent.uplink")
 
@@ -387,6 +387,7 @@ class Uplink:
             rows = await self.journal.pending(cursor, central.batch_size)
             if rows:
                 await stream.send([v1.NodeMessage(usage=encode_usage(rows))])
+                crashpoint("after-send")
                 cursor = rows[-1].seq
                 in_flight.append(cursor)
                 continue

@@ -79,3 +79,32 @@ async def wait_for(predicate, what: str, timeout: float = 20.0, poll: float = 0.
                 return value
             await trio.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def core_config(config: AgentConfig, core) -> AgentConfig:
+    """The config pointed at a real v2ray core (tests/support/v2ray.py)."""
+    from dataclasses import replace
+
+    return replace(config, core=replace(config.core, api=f"127.0.0.1:{core.api_port}"))
+
+
+async def fetch_as(core, workdir: Path, secret: str, url: str) -> int | None:
+    """Bytes downloaded through the core as the VLESS user with `secret`; None when
+    the core refuses the user (not served)."""
+    from tests.support.v2ray import FetchFailed, fetch_through, open_client
+
+    with open_client(workdir, core, "vless", secret) as client:
+        try:
+            return await trio.to_thread.run_sync(fetch_through, client.socks_port, url, 10.0)
+        except FetchFailed:
+            return None
+
+
+async def core_bytes(core, email: str) -> int:
+    """The core's own counters for a user (uplink + downlink), read independently."""
+    from tests.support.rawcore import raw_query_stats
+
+    stats = await trio.to_thread.run_sync(
+        raw_query_stats, core.api_port, f"user>>>{email}>>>traffic"
+    )
+    return sum(stats.values())

@@ -422,8 +422,13 @@ class JournalStore:
 
     def grant_leases(self, grants: Iterable[tuple[str, int, int]]) -> int:
         """(user_id, lease_id, bytes): a grant with a higher lease_id than the
-        stored one replaces it and starts ``used`` from 0; others are stale
-        repeats and ignored. Returns how many grants were taken."""
+        stored one replaces it; others are stale repeats and ignored. Returns
+        how many grants were taken.
+
+        Central grants ``bytes`` beyond the usage it has acknowledged, so the
+        new lease starts out charged with the user's bytes still in the outbox
+        (journalled, not yet acknowledged): a node reconnecting with an unsent
+        backlog does not get its spent lease back."""
         grants = list(grants)
         for user_id, lease_id, amount in grants:
             if amount < 0 or lease_id < 0:
@@ -432,10 +437,13 @@ class JournalStore:
             taken = 0
             for user_id, lease_id, amount in grants:
                 taken += conn.execute(
-                    "INSERT INTO leases (user_id, lease_id, granted, used) VALUES (?, ?, ?, 0) "
+                    "INSERT INTO leases (user_id, lease_id, granted, used) VALUES (?, ?, ?, "
+                    "(SELECT coalesce(sum(o.uplink + o.downlink), 0) FROM outbox o "
+                    "JOIN streams s ON s.id = o.stream WHERE s.user_id = ?)) "
                     "ON CONFLICT DO UPDATE SET lease_id = excluded.lease_id, "
-                    "granted = excluded.granted, used = 0 WHERE excluded.lease_id > lease_id",
-                    (user_id, lease_id, amount),
+                    "granted = excluded.granted, used = excluded.used "
+                    "WHERE excluded.lease_id > lease_id",
+                    (user_id, lease_id, amount, user_id),
                 ).rowcount
         return taken
 

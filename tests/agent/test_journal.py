@@ -276,9 +276,13 @@ async def test_enforcement_decisions_and_leases(tmp_path):
         assert [d for _, d in decisions] == [LocalDecision("user-1", suspend, spent, 77)]
         await journal.mark_decisions_reported(decisions[-1][0])
         assert await journal.unreported_decisions() == []
-        # a newer grant replaces the lease and starts counting from 0
+        # a newer grant replaces the lease; central granted it beyond the usage it
+        # acknowledged, so the user's bytes still in the outbox are already spent
         assert await journal.grant_leases([("user-1", 2, 1_000_000)]) == 1
-        assert (await journal.leases())["user-1"] == Lease("user-1", 2, 1_000_000, 0)
+        assert (await journal.leases())["user-1"] == Lease("user-1", 2, 1_000_000, 6000)
+        await journal.ack((await journal.outbox_stats()).high_seq)
+        assert await journal.grant_leases([("user-1", 3, 1_000_000)]) == 1
+        assert (await journal.leases())["user-1"] == Lease("user-1", 3, 1_000_000, 0)
         await journal.drop_leases(["user-0"])
         assert set(await journal.leases()) == {"user-1"}
 

@@ -168,9 +168,15 @@ class GrpcClient:
         port: int,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> GrpcClient:
         async def build() -> Channel:
-            return _CorkedChannel(host, port, ssl=ssl_context, codec=_PassthroughCodec())
+            from grpclib.config import Configuration
+
+            config = Configuration(ssl_target_name_override=server_hostname or None)
+            return _CorkedChannel(
+                host, port, ssl=ssl_context, codec=_PassthroughCodec(), config=config
+            )
 
         channel = await island.run(build)
         client = cls(island, channel)

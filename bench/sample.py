@@ -1,0 +1,237 @@
+"""One sampling cycle at 10,000 users on a real core vs the bare QueryStats+decode.
+
+A real v2ray gets N VLESS users through the agent's core driver (CoreSync),
+and every user moves real bytes (a raw VLESS client: one TCP connection per
+user through the core to a local HTTP server), so the core holds 2N live
+counters. Then, in the same run:
+
+- bare: a native asyncio grpclib loop calling QueryStats("user>>>") and
+  decoding the reply into a dict -- the least any sampler must do;
+- agent: `Sampler.sample_once()` -- GetSysStats, QueryStats, GetSysStats over
+  the asyncio island, resolve to users, compute deltas, commit deltas and
+  baselines to the journal (SQLite, synchronous=FULL) -- when nothing moved,
+  when 10 % of the users moved and when all of them moved since the last cycle.
+
+Prints the times, the ratio agent/bare (goal <= 2x) and the agent process's
+RSS (goal <= 80 MB).
+
+    .venv/bin/python bench/sample.py [--users 10000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+
+from edgeward.agent.aio_bridge import open_island
+from edgeward.agent.core_driver import CoreDriver
+from edgeward.agent.core_flavor import V2FLY
+from edgeward.agent.core_sync import CoreSync
+from edgeward.agent.deltas import ENGINE_PROXY
+from edgeward.agent.journal import open_journal
+from edgeward.agent.model import DesiredState, DesiredUser, ProxyProtocol, ProxyUser
+from edgeward.agent.sampler import PROXY_STATS_PATTERN, Sampler
+from edgeward.proto import core
+from tests.support.v2ray import BlobServer, V2rayCore
+
+# ---------------------------------------------------------------- real traffic
+
+
+def vless_fetch(port: int, user_uuid: str, dest: tuple[str, int], nbytes: int) -> int:
+    """One VLESS TCP request through the core (v2fly 4.34 wire format):
+    version 0, UUID, no addons, command 1 (TCP), port, address type 1 (IPv4)."""
+    header = (
+        b"\x00"
+        + uuid.UUID(user_uuid).bytes
+        + b"\x00\x01"
+        + struct.pack("!H", dest[1])
+        + b"\x01"
+        + ipaddress.IPv4Address(dest[0]).packed
+    )
+    request = f"GET /blob/{nbytes} HTTP/1.0\r\n\r\n".encode()
+    data = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(header + request)
+        # Read the VLESS response header (2 bytes), the HTTP head and exactly the
+        # body, then close: the core would otherwise hold the idle uplink open.
+        while b"\r\n\r\n" not in data and (chunk := s.recv(65536)):
+            data += chunk
+        head, _, body = data[2:].partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        got = len(body)
+        while got < length and (chunk := s.recv(65536)):
+            got += len(chunk)
+    return got
+
+
+def move_bytes(port: int, users: list[ProxyUser], nbytes: int) -> None:
+    """Every user fetches `nbytes` through the core, from a child process (with
+    its own HTTP server), so the agent's RSS measured here is the agent's."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--traffic", str(port), str(nbytes)],
+        input="\n".join(u.secret for u in users),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"traffic child failed: {proc.stderr.strip()[-2000:]}")
+
+
+def traffic_child(port: int, nbytes: int) -> None:
+    secrets = sys.stdin.read().split()
+    with BlobServer() as blob, ThreadPoolExecutor(32) as pool:
+        dest = ("127.0.0.1", blob.port)
+        got = list(pool.map(lambda s: vless_fetch(port, s, dest, nbytes), secrets))
+    short = sum(1 for g in got if g < nbytes)
+    if short:
+        raise SystemExit(f"{short} of {len(secrets)} VLESS fetches came back short")
+
+
+# ---------------------------------------------------------------- bare baseline
+
+
+async def bare_query(port: int, rounds: int) -> tuple[list[float], int, float, int]:
+    channel = Channel("127.0.0.1", port)
+    path = V2FLY.stats_path("QueryStats")
+    times = []
+    size = 0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        async with channel.request(
+            path, Cardinality.UNARY_UNARY, core.QueryStatsRequest, core.QueryStatsResponse,
+            timeout=30,
+        ) as stream:  # fmt: skip
+            await stream.send_message(core.QueryStatsRequest(pattern=PROXY_STATS_PATTERN), end=True)
+            reply = await stream.recv_message()
+        counters = {s.name: s.value for s in reply.stat}
+        times.append(time.perf_counter() - start)
+        size = len(counters)
+    channel.close()
+    await asyncio.sleep(0.01)
+    wire = bytes(reply)
+    start = time.perf_counter()
+    core.QueryStatsResponse.parse(wire)
+    decode = time.perf_counter() - start
+    return times, size, decode, len(wire)
+
+
+# ---------------------------------------------------------------- the agent
+
+
+def rss_mb() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process in MB."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+async def agent_cycles(
+    core_proc: V2rayCore, users: list[ProxyUser], rounds: int, workdir: Path
+) -> dict[str, object]:
+    desired = DesiredState(1, tuple(DesiredUser(f"id{i}", (u,)) for i, u in enumerate(users)))
+    port = core_proc.ports["vless-in"]
+    out: dict[str, object] = {}
+    async with open_island() as island, open_journal(workdir / "journal.db") as journal:
+        driver = await CoreDriver.open(island, "127.0.0.1", core_proc.api_port, V2FLY)
+        report = await CoreSync(driver, desired=desired).sync_once()
+        if report.applied.errors:
+            raise SystemExit(f"populate failed: {report.applied.errors[:3]}")
+        await trio.to_thread.run_sync(move_bytes, port, users, 1000)
+        counters = len(await driver.query_stats(PROXY_STATS_PATTERN))
+        if counters != 2 * len(users):
+            raise SystemExit(f"expected {2 * len(users)} user counters, the core has {counters}")
+        out["counters"] = counters
+        sampler = Sampler(journal, desired=lambda: desired, core=driver)
+
+        async def timed() -> float:
+            start = time.perf_counter()
+            r = (await sampler.sample_once()).engines[ENGINE_PROXY]
+            elapsed = time.perf_counter() - start
+            if not r.committed:
+                raise SystemExit(f"sample skipped: {r.skipped}")
+            return elapsed
+
+        out["first"] = await timed()  # new epoch: every baseline written
+        out["idle"] = [await timed() for _ in range(rounds)]
+        tenth = users[: len(users) // 10]
+        out["tenth"] = []
+        out["all"] = []
+        for _ in range(max(1, rounds // 2)):
+            await trio.to_thread.run_sync(move_bytes, port, tenth, 1000)
+            out["tenth"].append(await timed())  # type: ignore[union-attr]
+            await trio.to_thread.run_sync(move_bytes, port, users, 1000)
+            out["all"].append(await timed())  # type: ignore[union-attr]
+        out["rss"] = rss_mb()
+        out["outbox_rows"] = (await journal.outbox_stats()).rows
+    return out
+
+
+def fmt(times: list[float]) -> str:
+    return f"median {statistics.median(times) * 1000:.1f} ms ({len(times)} runs)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--traffic", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.traffic:
+        traffic_child(*args.traffic)
+        return
+    users = [
+        ProxyUser("vless-in", ProxyProtocol.VLESS, f"user{i}@bench", str(uuid.uuid4()))
+        for i in range(args.users)
+    ]
+    workdir = Path(tempfile.mkdtemp(prefix="edgeward-bench-sample-"))
+    core_proc = V2rayCore(workdir=workdir / "core")
+    core_proc.start()
+    try:
+        agent = trio.run(agent_cycles, core_proc, users, args.rounds, workdir)
+        bare = asyncio.Runner(loop_factory=asyncio.SelectorEventLoop)
+        with bare:
+            bare_times, size, decode, wire = bare.run(
+                bare_query(core_proc.api_port, 2 * args.rounds)
+            )
+    finally:
+        core_proc.kill()
+    bare_t = statistics.median(bare_times)
+    rss, hwm = agent["rss"]  # type: ignore[misc]
+    print(f"users: {args.users}, live user counters: {agent['counters']} (bare read {size})")
+    print(f"bare QueryStats+decode:            {fmt(bare_times)}")
+    print(f"  of which betterproto2 decode of the {wire} byte reply: {decode * 1000:.1f} ms")
+    print(f"agent first cycle (new epoch):     {agent['first'] * 1000:.1f} ms")  # type: ignore[operator]
+    for key, label in (("idle", "nothing moved"), ("tenth", "10% moved"), ("all", "all moved")):
+        t = statistics.median(agent[key])  # type: ignore[arg-type]
+        print(f"agent cycle, {label + ':':15} {fmt(agent[key])}  ratio {t / bare_t:.2f}x")  # type: ignore[arg-type]
+    print("goal: ratio <= 2x")
+    print(f"agent process RSS at {args.users} users: {rss:.1f} MB (peak {hwm:.1f} MB; goal <= 80)")
+    print(f"outbox rows journalled: {agent['outbox_rows']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -54,10 +54,19 @@ def run(config_path: Path) -> None:
     from .journal import JournalError
 
     _load(config_path)  # a bad config is a clear error before anything starts
+    startup_errors = (JournalError, ConfigError, OSError)
     try:
         trio.run(run_daemon, config_path)
-    except (JournalError, ConfigError, OSError) as e:
+    except startup_errors as e:
         raise click.ClickException(str(e)) from None
+    except BaseExceptionGroup as group:
+        # Raised inside the daemon's nurseries: report the one that matters.
+        matched, _ = group.split(startup_errors)
+        if matched is None:
+            raise
+        while isinstance(matched, BaseExceptionGroup):
+            matched = matched.exceptions[0]
+        raise click.ClickException(str(matched)) from None
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -114,6 +114,8 @@ class Daemon:
             "last_error": uplink.last_error if uplink else None,
             "samples": self.samples,
             "last_sample_error": self.last_sample_error,
+            "sample_interval": self.config.sample_interval,
+            "reloads": self.reloads,
         }
 
     async def full_status(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -65,6 +66,12 @@ from .wireguard import WireGuard, WireGuardError
 log = logging.getLogger(__name__)
 
 PROXY_STATS_PATTERN = "user>>>"
+
+
+class Commit(Protocol):
+    async def __call__(
+        self, sample: Sample, *, sampled_at_ms: int, epoch_marker: str | None = None
+    ) -> tuple[int, int]: ...
 
 
 @dataclass(slots=True)
@@ -154,6 +161,7 @@ class Sampler:
     `core` / `wg` may be None for a node without that engine. `wg_interfaces`
     returns the interfaces to sample (default: those in the desired state).
     `after_sample` runs after each round (local enforcement hooks in here).
+    `commit` replaces journal.commit_sample (e.g. Node.commit_sample).
     """
 
     def __init__(
@@ -166,9 +174,13 @@ class Sampler:
         wg_interfaces: Callable[[], Iterable[str]] | None = None,
         interval: float = 10.0,
         after_sample: Callable[[RoundReport], Awaitable[None]] | None = None,
+        commit: Commit | None = None,
         wall_ms: Callable[[], int] = _wall_ms,
     ) -> None:
         self.journal = journal
+        # The node may route commits through itself (its lock, lease mirror,
+        # outbox signal): same signature as Journal.commit_sample.
+        self.commit = commit or journal.commit_sample
         self.desired = desired
         self.core = core
         self.wg = wg
@@ -340,7 +352,7 @@ class Sampler:
     # ------------------------------------------------------------ commit
 
     async def _commit(self, sample: Sample, now_ms: int, marker: str, *, new_epoch: bool):
-        seqs = await self.journal.commit_sample(sample, sampled_at_ms=now_ms, epoch_marker=marker)
+        seqs = await self.commit(sample, sampled_at_ms=now_ms, epoch_marker=marker)
         if new_epoch:
             log.info("%s counters: epoch %s (%s)", sample.engine, sample.epoch, marker)
         return EngineRound(

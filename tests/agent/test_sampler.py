@@ -222,3 +222,22 @@ async def test_a_counter_going_down_is_a_restart_the_uptime_did_not_show(tmp_pat
         core.counters = {UP: 130, DOWN: 10}
         r = (await s.sample_once()).engines[ENGINE_PROXY]
         assert (r.epoch, r.new_epoch, r.uplink) == ("2", False, 10)
+
+
+async def test_commits_can_go_through_the_node(tmp_path):
+    core = StubCore()
+    core.counters = {UP: 100}
+    seen = []
+    async with open_journal(tmp_path / "j.db") as journal:
+
+        async def through_node(sample, *, sampled_at_ms, epoch_marker=None):
+            seen.append((sample.epoch, sampled_at_ms, epoch_marker))
+            return await journal.commit_sample(
+                sample, sampled_at_ms=sampled_at_ms, epoch_marker=epoch_marker
+            )
+
+        s = Sampler(journal, desired=state, core=core, commit=through_node, wall_ms=lambda: WALL)
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert r.seqs == (1, 1)
+        ((epoch, at, marker),) = seen
+        assert (epoch, at) == ("1", WALL) and marker == await journal.epoch_marker(ENGINE_PROXY)

@@ -1,0 +1,215 @@
+"""The node's pure rules (verdict, effective state, local decisions) and its refusal of
+malformed input from central on a real journal file (nothing stored changes)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import pytest
+
+from edgeward.agent.config import AgentConfig
+from edgeward.agent.journal import EnforcementState, Journal, Lease, open_journal
+from edgeward.agent.model import DesiredState, DesiredUser, ProxyProtocol, ProxyUser
+from edgeward.agent.node import (
+    Node,
+    RefusedInput,
+    check_commands,
+    effective_state,
+    local_plan,
+    verdict,
+)
+from edgeward.agent.uplink import Uplink
+from edgeward.proto import v1
+from tests.central.helpers import dump
+
+NOW = 1_800_000_000_000
+EXPIRED, LEASE_SPENT, QUOTA = (int(v1.Reason.EXPIRED), int(v1.Reason.LEASE_SPENT), 1)
+SUSPEND, RESUME = int(v1.Action.SUSPEND), int(v1.Action.RESUME)
+
+
+def user(user_id: str, **kw) -> DesiredUser:
+    proxy = ProxyUser("vless-in", ProxyProtocol.VLESS, user_id, str(uuid.uuid4()))
+    return DesiredUser(user_id, (proxy,), **kw)
+
+
+# ---------------------------------------------------------------- pure rules
+
+
+def test_verdict_says_why_first_reason_wins():
+    lease_spent = Lease("u", 3, 100, 100)
+    assert verdict(None, None, None, NOW).reason == "not in this node's desired state"
+    central = verdict(user("u", suspended=True, suspended_reason=QUOTA), None, lease_spent, NOW)
+    assert not central.served and central.reason == "suspended by central (quota)"
+    expired = verdict(user("u", expires_at_ms=NOW), None, lease_spent, NOW)
+    assert (expired.served, expired.code) == (False, EXPIRED)
+    spent = verdict(user("u", expires_at_ms=NOW + 1), None, lease_spent, NOW)
+    assert spent.reason == "quota lease 3 spent (100 of 100 bytes)"
+    commanded = verdict(user("u"), EnforcementState("u", True, QUOTA, NOW), None, NOW)
+    assert commanded.reason == "suspended by central command (quota)"
+    served = verdict(user("u"), None, Lease("u", 3, 100, 40), NOW)
+    assert served.served and served.reason == "active; lease 3: 60 bytes left"
+
+
+def test_effective_state_marks_users_not_served_as_suspended_with_the_reason():
+    desired = DesiredState(5, (user("a"), user("b", expires_at_ms=NOW - 1), user("c")))
+    leases = {"c": Lease("c", 1, 10, 10)}
+    effective = effective_state(desired, {}, leases, NOW)
+    assert effective.revision == 5
+    assert [(u.user_id, u.suspended, u.suspended_reason) for u in effective.users] == [
+        ("a", False, 0),
+        ("b", True, EXPIRED),
+        ("c", True, LEASE_SPENT),
+    ]
+    assert effective.user("a") == desired.user("a")  # credentials untouched
+
+
+def test_local_plan_suspends_on_expiry_and_spent_lease_once_and_resumes_when_lifted():
+    desired = DesiredState(1, (user("bob", expires_at_ms=NOW), user("carol"), user("dave")))
+    leases = {"carol": Lease("carol", 1, 500, 600), "dave": Lease("dave", 1, 500, 10)}
+    states, decisions = local_plan(desired, {}, leases, NOW)
+    assert [(s.user_id, s.suspended, s.reason) for s in states] == [
+        ("bob", True, EXPIRED),
+        ("carol", True, LEASE_SPENT),
+    ]
+    assert [(d.user_id, d.action, d.reason) for d in decisions] == [
+        ("bob", SUSPEND, EXPIRED),
+        ("carol", SUSPEND, LEASE_SPENT),
+    ]
+    stored = {s.user_id: s for s in states}
+    assert local_plan(desired, stored, leases, NOW + 1000) == ([], [])  # already taken
+    # Renewed on central (later expiry) and a new lease: both resume, reported.
+    renewed = DesiredState(2, (user("bob", expires_at_ms=NOW + 10**6), user("carol")))
+    refilled = {"carol": Lease("carol", 2, 500, 0)}
+    states, decisions = local_plan(renewed, stored, refilled, NOW + 2000)
+    assert [(d.user_id, d.action, d.reason) for d in decisions] == [
+        ("bob", RESUME, EXPIRED),
+        ("carol", RESUME, LEASE_SPENT),
+    ]
+    assert not any(s.suspended for s in states)
+
+
+def test_local_plan_leaves_central_decisions_alone():
+    desired = DesiredState(1, (user("a", suspended=True, suspended_reason=QUOTA), user("b")))
+    commanded = {"b": EnforcementState("b", True, QUOTA, NOW)}
+    assert local_plan(desired, commanded, {"a": Lease("a", 1, 0, 0)}, NOW) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (v1.Command(user_id="", action=v1.Action.SUSPEND), "empty user id"),
+        (v1.Command(user_id="a", action=9), "unknown action 9"),
+        (v1.Command(user_id="a", action=v1.Action.SUSPEND, reason=77), "unknown reason 77"),
+    ],
+)
+def test_malformed_commands_are_refused(command, message):
+    with pytest.raises(RefusedInput, match=message):
+        check_commands([v1.Command(user_id="ok", action=v1.Action.RESUME), command])
+
+
+# ---------------------------------------------------------------- on a real journal
+
+
+def spec(user_id: str, secret: str | None = None) -> v1.UserSpec:
+    credential = v1.ProxyCredential(
+        inbound_tag="vless-in",
+        protocol=v1.Protocol.VLESS,
+        email=user_id,
+        secret=secret or str(uuid.uuid4()),
+    )
+    return v1.UserSpec(user_id=user_id, proxies=[credential])
+
+
+async def loaded(tmp_path: Path) -> tuple[Node, list[DesiredState]]:
+    journal = await Journal.open(tmp_path / "journal.sqlite")
+    node = await Node.load(journal)
+    await node.apply_snapshot(v1.DesiredSnapshot(revision=3, users=[spec("alice")]))
+    await node.grant_leases(v1.LeaseGrant(leases=[v1.Lease(user_id="alice", bytes=9, lease_id=1)]))
+    pushed: list[DesiredState] = []
+    node.subscribe(pushed.append)
+    pushed.clear()
+    return node, pushed
+
+
+BAD_INPUT = [
+    (
+        "snapshot",
+        v1.DesiredSnapshot(revision=4, users=[spec("bob"), spec("eve", "not-a-uuid")]),
+        "desired snapshot rev 4 refused: user 'eve': invalid UUID 'not-a-uuid'",
+    ),
+    (
+        "snapshot",
+        v1.DesiredSnapshot(revision=4, users=[spec("bob"), spec("bob")]),
+        "user 'bob': appears 2 times",
+    ),
+    (
+        "change",
+        v1.DesiredChange(revision=4, base_revision=3, upserts=[spec("", None)]),
+        "desired change rev 4 refused: user '': empty user id",
+    ),
+    (
+        "change",
+        v1.DesiredChange(revision=3, base_revision=3, upserts=[spec("bob")]),
+        "is not after its base 3",
+    ),
+    (
+        "enforcement",
+        v1.Enforcement(commands=[v1.Command(user_id="alice", action=5)]),
+        "unknown action 5",
+    ),
+    ("leases", v1.LeaseGrant(leases=[v1.Lease(user_id="", bytes=5, lease_id=9)]), "empty user"),
+]
+
+
+@pytest.mark.parametrize(("kind", "message", "error"), BAD_INPUT)
+async def test_malformed_input_from_central_is_logged_and_changes_nothing(
+    tmp_path, caplog, kind, message, error
+):
+    node, pushed = await loaded(tmp_path)
+    before = dump(node.journal.path)
+    state_before = (node.desired, dict(node.enforcement), dict(node.leases))
+    uplink = Uplink(node, AgentConfig(node_id="node-a"), island=None)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, "edgeward.agent.uplink"):
+        await uplink._on_message(None, v1.CentralMessage(**{kind: message}))  # type: ignore[arg-type]
+    assert error in caplog.text and "nothing changed" in caplog.text
+    assert dump(node.journal.path) == before
+    assert (node.desired, node.enforcement, node.leases) == state_before
+    assert pushed == []
+    await node.journal.aclose()
+
+
+async def test_change_on_another_base_is_a_gap_and_changes_nothing(tmp_path):
+    node, pushed = await loaded(tmp_path)
+    before = dump(node.journal.path)
+    gap = v1.DesiredChange(revision=9, base_revision=8, upserts=[spec("bob")])
+    assert await node.apply_change(gap) is False
+    assert dump(node.journal.path) == before and pushed == [] and node.revision == 3
+    # The right base applies; the state survives a reload from the journal.
+    change = v1.DesiredChange(revision=4, base_revision=3, upserts=[spec("bob")],
+                              removed_user_ids=["alice"])  # fmt: skip
+    assert await node.apply_change(change) is True
+    assert [u.user_id for u in pushed[-1].users] == ["bob"]
+    assert node.leases == {}  # alice's lease went with her
+    reloaded = await Node.load(node.journal)
+    assert reloaded.desired == node.desired and reloaded.revision == 4
+    await node.journal.aclose()
+
+
+async def test_expiry_is_a_local_decision_stored_and_pushed(tmp_path):
+    clock = [NOW]
+    async with open_journal(tmp_path / "journal.sqlite") as journal:
+        node = await Node.load(journal, clock=lambda: clock[0])
+        alice = spec("alice")
+        alice.expires_at_ms = NOW + 1000
+        await node.apply_snapshot(v1.DesiredSnapshot(revision=1, users=[alice]))
+        pushed: list[DesiredState] = []
+        node.subscribe(pushed.append)
+        assert await node.check_local() == []
+        clock[0] = NOW + 1000
+        decisions = await node.check_local()
+        assert [(d.user_id, d.action, d.reason) for d in decisions] == [("alice", SUSPEND, EXPIRED)]
+        assert pushed[-1].user("alice").suspended
+        assert [d for _, d in await journal.unreported_decisions()] == decisions
+        assert not node.explain("alice")["served"]

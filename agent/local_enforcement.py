@@ -14,7 +14,8 @@ Pure heart:
 Rules: a user is locally suspended when it is expired (reason EXPIRED, which
 wins) or holds a lease from central whose used bytes reached the granted ones
 (LEASE_SPENT). A user without a lease has no quota from central and is not
-limited by leases. Users central itself suspended get no local decisions.
+limited by leases. Users central itself suspended (in the desired state, or
+by a command stored in the enforcement table) get no local decisions.
 
 `LocalEnforcer` is the thin runner: after each sample and on a timer it reads
 leases and enforcement from the journal, decides, persists, and hands the
@@ -43,6 +44,9 @@ RESUME = int(v1.Action.RESUME)
 EXPIRED = int(v1.Reason.EXPIRED)
 LEASE_SPENT = int(v1.Reason.LEASE_SPENT)
 NO_REASON = int(v1.Reason.UNSPECIFIED)
+# Reasons the node decides on its own; other suspensions in the enforcement
+# table come from central's commands and are never lifted locally.
+LOCAL_REASONS = frozenset({EXPIRED, LEASE_SPENT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,8 @@ def decide(
         reason = local_reason(user, leases.get(user.user_id), now_ms)
         state = current.get(user.user_id)
         suspended = state is not None and state.suspended
+        if suspended and state is not None and state.reason not in LOCAL_REASONS:
+            continue  # suspended by a central command: only central lifts it
         if reason is not None and (not suspended or state is None or state.reason != reason):
             states.append(EnforcementState(user.user_id, True, reason, now_ms))
             decisions.append(LocalDecision(user.user_id, SUSPEND, reason, now_ms))

@@ -57,6 +57,8 @@ CASES = [
      (RESUME, EXPIRED)),
     ("renewed but lease spent", user(expires_at_ms=NOW + 1), lease(5, 5), held(EXPIRED),
      (SUSPEND, LEASE_SPENT)),
+    ("central command stays", user(), None, held(ADMIN), None),
+    ("central command, expired too", user(expires_at_ms=1), None, held(ADMIN), None),
     ("central suspended: no local say", user(suspended=True, expires_at_ms=1), lease(1, 1),
      None, None),
 ]  # fmt: skip
@@ -101,6 +103,8 @@ def test_effective_desired_serves_only_what_local_rules_allow():
     assert eff.user("b") is b
     assert eff.user("c") is c  # central's reason stays
     assert desired.user("a") is a  # the input is unchanged
+    by_command = effective_desired(desired, {"b": held(ADMIN, "b")})  # central's command
+    assert by_command.user("b") == DesiredUser("b", suspended=True, suspended_reason=ADMIN)
     # suspended users are out of what reconcile applies
     assert [u.user_id for u in eff.users if u.is_active(NOW)] == ["b"]
     assert applied_claims(eff, NOW) == ([], [])

@@ -116,3 +116,49 @@ async def test_reconnects_after_central_restarts_and_replays_unacked(tmp_path, c
             nursery.cancel_scope.cancel()
     alice = await central_call(central, central.storage.get_user, "alice")  # the new storage
     assert (alice.uplink_bytes, alice.downlink_bytes) == (14, 26)
+
+
+async def test_certificate_due_for_renewal_is_renewed_over_the_stream_and_used_next(
+    tmp_path, central
+):
+    import stat
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    from edgeward.pki import authority
+    from edgeward.pki.certs import format_serial, load_cert, load_private_key
+    from tests.central.helpers import write_pair
+
+    store = central.pki.store
+    # Issued 25 of its 30 days ago: past the renewal point (2/3 of the lifetime).
+    old = authority.issue_node(
+        store, "node-a", datetime.now(UTC) - timedelta(days=25), timedelta(days=30)
+    )
+    pair = write_pair(tmp_path / "node-pki", "node", old)
+    config = node_config(tmp_path, central.pki, central.address)
+    config = replace(
+        config,
+        central=replace(config.central, cert_file=str(pair.cert), key_file=str(pair.key)),
+    )
+    async with open_journal(Path(config.state_dir) / "journal.sqlite") as journal:
+        node = await Node.load(journal)
+        async with open_island() as island, trio.open_nursery() as nursery:
+            uplink = Uplink(node, config, island)
+            nursery.start_soon(uplink.run)
+            await wait_for(lambda: uplink.status.renewed_at_ms, "the renewal")
+            new_cert = load_cert(pair.cert.read_bytes())
+            assert new_cert.serial_number != old.serial
+            assert new_cert.public_key().public_numbers() == (
+                load_private_key(pair.key.read_bytes()).public_key().public_numbers()
+            )
+            assert stat.S_IMODE(pair.key.stat().st_mode) == 0o600
+            assert pair.key.read_bytes() != old.key_pem  # a new key, made on the node
+            # The old certificate is revoked: only the new one can connect now.
+            authority.revoke(
+                store, f"serial:{format_serial(old.serial)}", datetime.now(UTC), "test"
+            )
+            await trio.to_thread.run_sync(central.stop)
+            await trio.to_thread.run_sync(central.start)
+            await wait_for(lambda: uplink.status.sessions == 2, "a session with the new cert")
+            assert uplink.status.state == "connected"
+            nursery.cancel_scope.cancel()

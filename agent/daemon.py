@@ -29,52 +29,18 @@ from edgeward.sdnotify import Notifier, watchdog_interval
 from .aio_bridge import AsyncioIsland, open_island
 from .config import AgentConfig, ConfigError, load
 from .control import serve_control
-from .core_driver import CoreCallError, CoreDriver, CoreUnavailable
+from .core_driver import CoreDriver
 from .core_flavor import flavor_by_name
 from .core_sync import CoreSync, Epoch, PassReport
-from .deltas import ENGINE_PROXY, compute_deltas, proxy_resolver
+from .deltas import ENGINE_PROXY
 from .journal import Journal
 from .node import Node, crashpoint, wall_ms
+from .sampler import RoundReport, Sampler
 from .uplink import Uplink, split_address
 
 log = logging.getLogger("edgeward.agent.daemon")
 
-# A sample whose core start time moved by more than this is of another core process.
-EPOCH_SLACK_MS = 1500
 LOCAL_CHECK_INTERVAL = 1.0
-
-
-# ---------------------------------------------------------------- proxy sampling
-
-
-async def sample_proxy(node: Node, driver: CoreDriver, sync: CoreSync) -> tuple[int, int] | None:
-    """One sample of the core's user counters into the journal; None when skipped.
-
-    The uptime is read *after* the counters: if the core restarted before the
-    read, its start time moved and the readings belong to an epoch CoreSync has
-    not started yet, so they are left for the next sample (never subtracted
-    from the old epoch's baselines).
-    """
-    epoch = sync.epoch
-    if epoch is None:
-        return None
-    readings = await driver.query_stats("user>>>")
-    stats = await driver.sys_stats()
-    now = wall_ms()
-    if now - stats.uptime * 1000 > epoch.started_at_ms + EPOCH_SLACK_MS:
-        log.info("core restarted since epoch %s: sample skipped", epoch.id)
-        sync.request_pass()
-        return None
-    emails: dict[str, str] = {}
-    for user in node.desired.users:
-        for proxy in user.proxies:
-            emails[proxy.email] = user.user_id
-    baselines = await node.journal.baselines(ENGINE_PROXY, epoch.id)
-    sample = compute_deltas(
-        baselines, readings, engine=ENGINE_PROXY, epoch=epoch.id, resolve=proxy_resolver(emails)
-    )
-    crashpoint("after-read")
-    return await node.commit_sample(sample, sampled_at_ms=now)
 
 
 # ---------------------------------------------------------------- the daemon
@@ -87,10 +53,10 @@ class Daemon:
     config: AgentConfig
     node: Node
     core_sync: CoreSync
+    sampler: Sampler
     uplink: Uplink | None
+    wg_sync: Any = None  # WgSync when [wireguard] interfaces are configured
     started_at_ms: int = field(default_factory=wall_ms)
-    samples: int = 0
-    last_sample_error: str | None = None
     reloads: int = 0
 
     def status(self) -> dict[str, Any]:
@@ -112,8 +78,8 @@ class Daemon:
             "acked_seq": uplink.acked_seq if uplink else None,
             "last_ack_at_ms": uplink.last_ack_at_ms if uplink else None,
             "last_error": uplink.last_error if uplink else None,
-            "samples": self.samples,
-            "last_sample_error": self.last_sample_error,
+            "samples": self.sampler.rounds,
+            "last_sample": _round_summary(self.sampler.last_round),
             "sample_interval": self.config.sample_interval,
             "reloads": self.reloads,
         }
@@ -161,6 +127,7 @@ class Daemon:
             if getattr(config, what) != getattr(self.config, what):
                 log.warning("reload: %s changed; takes effect after a restart", what)
         self.config = config
+        self.sampler.interval = config.sample_interval
         if self.uplink is not None:
             self.uplink.config = config
         setup_logging(config.log_level)
@@ -188,20 +155,16 @@ async def _on_pass(daemon_ref: list[Daemon], report: PassReport) -> None:
         log.warning("core: %s", message)
 
 
-async def _sampler(daemon: Daemon, driver: CoreDriver) -> None:
-    while True:
-        await trio.sleep(daemon.config.sample_interval)
-        await _sample_once(daemon, driver)
-
-
-async def _sample_once(daemon: Daemon, driver: CoreDriver) -> None:
-    try:
-        await sample_proxy(daemon.node, driver, daemon.core_sync)
-        daemon.samples += 1
-        daemon.last_sample_error = None
-    except (CoreUnavailable, CoreCallError) as e:
-        daemon.last_sample_error = str(e)
-        log.warning("sample skipped: %s", e)
+def _round_summary(report: RoundReport | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {
+        "at_ms": report.sampled_at_ms,
+        "engines": {
+            engine: {"epoch": r.epoch, "deltas": r.deltas, "skipped": r.skipped}
+            for engine, r in report.engines.items()
+        },
+    }
 
 
 async def _local_enforcer(node: Node) -> None:
@@ -245,10 +208,9 @@ async def serve(
     journal = await Journal.open(config.journal_path)
     async with journal:
         node = await Node.load(journal)
-        epoch_id = await journal.current_epoch(ENGINE_PROXY)
-        known = None
-        if epoch_id is not None and epoch_id.isdigit():
-            known = Epoch(epoch_id, int(epoch_id))
+        # The sampler stores the core's start time (ms) as the proxy epoch's marker.
+        marker = await journal.epoch_marker(ENGINE_PROXY)
+        known = Epoch(marker, int(marker)) if marker and marker.isdigit() else None
         daemon_ref: list[Daemon] = []
 
         async def on_pass(report: PassReport) -> None:
@@ -268,6 +230,30 @@ async def serve(
                 on_pass=on_pass,
             )
             node.subscribe(sync.set_desired)
+            wg = wg_sync = None
+            if config.wireguard.interfaces:
+                from .wg_sync import WgSync
+                from .wireguard import WireGuard
+
+                wg = WireGuard()
+                wg_sync = WgSync(
+                    wg, desired=node.effective(), interfaces=config.wireguard.interfaces
+                )
+                node.subscribe(wg_sync.set_desired)
+
+            async def after_sample(report: RoundReport) -> None:
+                await node.check_local()
+
+            sampler = Sampler(
+                journal,
+                desired=lambda: node.desired,
+                core=driver,
+                wg=wg,
+                wg_interfaces=(lambda: config.wireguard.interfaces) if wg else None,
+                interval=config.sample_interval,
+                after_sample=after_sample,
+                commit=node.commit_sample,
+            )
             uplink = None
             if config.central.address:
                 uplink = Uplink(
@@ -276,13 +262,15 @@ async def serve(
                     island,
                     core_epoch=lambda: sync.epoch.id if sync.epoch else "",
                 )
-            daemon = Daemon(config, node, sync, uplink)
+            daemon = Daemon(config, node, sync, sampler, uplink, wg_sync)
             daemon_ref.append(daemon)
             if uplink is not None:
                 uplink.applied_report = daemon.applied_report
             async with trio.open_nursery() as nursery:
                 await nursery.start(sync.run)
-                nursery.start_soon(_sampler, daemon, driver)
+                if wg_sync is not None:
+                    await nursery.start(wg_sync.run)
+                await nursery.start(sampler.run)
                 nursery.start_soon(_local_enforcer, node)
                 if uplink is not None:
                     nursery.start_soon(uplink.run)
@@ -298,7 +286,7 @@ async def serve(
                 notifier.stopping("stopping: last sample, draining the outbox")
                 log.info("stopping: last sample, then up to %ss for central", config.stop_grace)
                 with trio.move_on_after(max(config.stop_grace, 0.1)):
-                    await _sample_once(daemon, driver)
+                    await sampler.sample_once()
                 if uplink is not None:
                     await uplink.stop(config.stop_grace)
                 nursery.cancel_scope.cancel()

@@ -8,8 +8,9 @@ away. Each change is committed to the journal first; only then does memory
 follow and the *effective* state (desired users with every suspension folded
 in) go to the engines' sync tasks (CoreSync, WgSync) through `subscribe`.
 
-The rules that decide whether a user is served are pure functions at the top
-of this module (`verdict`, `effective_state`, `local_plan`); `Node` is the thin
+The rules are pure functions: local decisions and the effective state come
+from agent/local_enforcement.py (`decide`, `effective_desired`); `verdict`
+here says why a user is or is not served (for `explain`). `Node` is the thin
 driver around them and the journal.
 """
 
@@ -20,7 +21,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -29,6 +30,7 @@ from edgeward.proto import v1
 
 from .deltas import ENGINE_PROXY, Sample
 from .journal import EnforcementState, Journal, Lease, LocalDecision
+from .local_enforcement import LOCAL_REASONS, decide, effective_desired
 from .model import (
     DesiredState,
     DesiredUser,
@@ -40,8 +42,6 @@ from .model import (
 
 log = logging.getLogger("edgeward.agent.node")
 
-# Reasons the node decides (and lifts) on its own; others come from central.
-LOCAL_REASONS = frozenset({int(v1.Reason.EXPIRED), int(v1.Reason.LEASE_SPENT)})
 _ACTIONS = {int(v1.Action.SUSPEND), int(v1.Action.RESUME)}
 _REASONS = {int(r) for r in v1.Reason}
 
@@ -118,60 +118,6 @@ def verdict(
     return Verdict(True, "active")
 
 
-def effective_state(
-    desired: DesiredState,
-    enforcement: Mapping[str, EnforcementState],
-    leases: Mapping[str, Lease],
-    now_ms: int,
-) -> DesiredState:
-    """What the engines must serve: desired users, those not served marked suspended."""
-    users = []
-    for user in desired.users:
-        v = verdict(user, enforcement.get(user.user_id), leases.get(user.user_id), now_ms)
-        if not v.served and not user.suspended:
-            user = replace(user, suspended=True, suspended_reason=v.code)
-        users.append(user)
-    return DesiredState(revision=desired.revision, users=tuple(users))
-
-
-def local_plan(
-    desired: DesiredState,
-    enforcement: Mapping[str, EnforcementState],
-    leases: Mapping[str, Lease],
-    now_ms: int,
-) -> tuple[list[EnforcementState], list[LocalDecision]]:
-    """Suspensions the node takes (or lifts) on its own: expiry passed, lease spent.
-
-    Returns the enforcement states to store and the decisions to report to
-    central; both empty when nothing changed.
-    """
-    states: list[EnforcementState] = []
-    decisions: list[LocalDecision] = []
-    for user in desired.users:
-        current = enforcement.get(user.user_id)
-        if user.suspended:
-            continue  # central's own decision; nothing local to add
-        reason = 0
-        if user.expires_at_ms and now_ms >= user.expires_at_ms:
-            reason = int(v1.Reason.EXPIRED)
-        else:
-            lease = leases.get(user.user_id)
-            if lease is not None and lease.remaining <= 0:
-                reason = int(v1.Reason.LEASE_SPENT)
-        if reason:
-            if current is None or not current.suspended:
-                states.append(EnforcementState(user.user_id, True, reason, now_ms))
-                decisions.append(
-                    LocalDecision(user.user_id, int(v1.Action.SUSPEND), reason, now_ms)
-                )
-        elif current is not None and current.suspended and current.reason in LOCAL_REASONS:
-            states.append(EnforcementState(user.user_id, False, current.reason, now_ms))
-            decisions.append(
-                LocalDecision(user.user_id, int(v1.Action.RESUME), current.reason, now_ms)
-            )
-    return states, decisions
-
-
 def check_commands(commands: Iterable[v1.Command]) -> list[v1.Command]:
     """Enforcement commands, validated; RefusedInput names the first bad one."""
     out = []
@@ -234,6 +180,7 @@ class Node:
         node.enforcement = await journal.enforcement()
         node.leases = await journal.leases()
         node.applied = {ENGINE_PROXY: await journal.applied(ENGINE_PROXY)}
+        await node._check_local_locked()  # expiries that passed while the agent was down
         node._effective = node._compute_effective()
         return node
 
@@ -292,7 +239,7 @@ class Node:
     # ------------------------------------------------------------ writing
 
     def _compute_effective(self) -> DesiredState:
-        return effective_state(self.desired, self.enforcement, self.leases, self.clock())
+        return effective_desired(self.desired, self.enforcement)
 
     def _publish(self) -> None:
         effective = self._compute_effective()
@@ -379,7 +326,9 @@ class Node:
     async def commit_sample(
         self, sample: Sample, *, sampled_at_ms: int, epoch_marker: str | None = None
     ) -> tuple[int, int]:
-        """Journal a sample (deltas + baselines, leases charged) in one transaction."""
+        """Journal a sample (deltas + baselines, leases charged) in one transaction.
+        Same signature as Journal.commit_sample: the Sampler commits through here."""
+        crashpoint("after-read")  # counters read, nothing committed yet
         async with self._lock:
             seqs = await self.journal.commit_sample(
                 sample, sampled_at_ms=sampled_at_ms, epoch_marker=epoch_marker
@@ -402,9 +351,10 @@ class Node:
         return decisions
 
     async def _check_local_locked(self) -> list[LocalDecision]:
-        states, decisions = local_plan(self.desired, self.enforcement, self.leases, self.clock())
-        if states:
-            await self.journal.set_enforcement(states, decisions)
+        plan = decide(self.desired, self.leases, self.enforcement, self.clock())
+        decisions = list(plan.decisions)
+        if plan.states:
+            await self.journal.set_enforcement(plan.states, decisions)
             self.enforcement = await self.journal.enforcement()
             for d in decisions:
                 log.info(

@@ -16,8 +16,6 @@ from edgeward.agent.node import (
     Node,
     RefusedInput,
     check_commands,
-    effective_state,
-    local_plan,
     verdict,
 )
 from edgeward.agent.uplink import Uplink
@@ -50,50 +48,6 @@ def test_verdict_says_why_first_reason_wins():
     assert commanded.reason == "suspended by central command (quota)"
     served = verdict(user("u"), None, Lease("u", 3, 100, 40), NOW)
     assert served.served and served.reason == "active; lease 3: 60 bytes left"
-
-
-def test_effective_state_marks_users_not_served_as_suspended_with_the_reason():
-    desired = DesiredState(5, (user("a"), user("b", expires_at_ms=NOW - 1), user("c")))
-    leases = {"c": Lease("c", 1, 10, 10)}
-    effective = effective_state(desired, {}, leases, NOW)
-    assert effective.revision == 5
-    assert [(u.user_id, u.suspended, u.suspended_reason) for u in effective.users] == [
-        ("a", False, 0),
-        ("b", True, EXPIRED),
-        ("c", True, LEASE_SPENT),
-    ]
-    assert effective.user("a") == desired.user("a")  # credentials untouched
-
-
-def test_local_plan_suspends_on_expiry_and_spent_lease_once_and_resumes_when_lifted():
-    desired = DesiredState(1, (user("bob", expires_at_ms=NOW), user("carol"), user("dave")))
-    leases = {"carol": Lease("carol", 1, 500, 600), "dave": Lease("dave", 1, 500, 10)}
-    states, decisions = local_plan(desired, {}, leases, NOW)
-    assert [(s.user_id, s.suspended, s.reason) for s in states] == [
-        ("bob", True, EXPIRED),
-        ("carol", True, LEASE_SPENT),
-    ]
-    assert [(d.user_id, d.action, d.reason) for d in decisions] == [
-        ("bob", SUSPEND, EXPIRED),
-        ("carol", SUSPEND, LEASE_SPENT),
-    ]
-    stored = {s.user_id: s for s in states}
-    assert local_plan(desired, stored, leases, NOW + 1000) == ([], [])  # already taken
-    # Renewed on central (later expiry) and a new lease: both resume, reported.
-    renewed = DesiredState(2, (user("bob", expires_at_ms=NOW + 10**6), user("carol")))
-    refilled = {"carol": Lease("carol", 2, 500, 0)}
-    states, decisions = local_plan(renewed, stored, refilled, NOW + 2000)
-    assert [(d.user_id, d.action, d.reason) for d in decisions] == [
-        ("bob", RESUME, EXPIRED),
-        ("carol", RESUME, LEASE_SPENT),
-    ]
-    assert not any(s.suspended for s in states)
-
-
-def test_local_plan_leaves_central_decisions_alone():
-    desired = DesiredState(1, (user("a", suspended=True, suspended_reason=QUOTA), user("b")))
-    commanded = {"b": EnforcementState("b", True, QUOTA, NOW)}
-    assert local_plan(desired, commanded, {"a": Lease("a", 1, 0, 0)}, NOW) == ([], [])
 
 
 @pytest.mark.parametrize(

@@ -1,29 +1,40 @@
-"""Turning a batch of usage deltas into ledger rows and aggregates (pure)."""
+"""Turning a batch of usage deltas into ledger rows and aggregates (pure).
+
+Rows are `edgeward.proto.usage_codec.UsageDelta` tuples, as decode_usage
+returns them: (seq, user_id, engine, epoch, uplink, downlink, sampled_at_ms).
+The whole batch is summed here first so storage writes one row per user, per
+user x engine x hour and per node, whatever the number of deltas.
+"""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
-from edgeward.proto import v1
+from edgeward.proto.usage_codec import InvalidUsageBatch, UsageDelta
 
 HOUR_MS = 3_600_000
 
+# A batch breaking the protocol (seq 0, seqs not strictly increasing, bad columns).
+InvalidBatch = InvalidUsageBatch
 
-class InvalidBatch(ValueError):
-    """A batch breaks the protocol (seq 0, seqs not strictly increasing)."""
 
-
-def check_batch(deltas: Sequence[v1.UsageDelta]) -> None:
-    previous = 0
-    for delta in deltas:
-        if delta.seq <= previous:
-            if delta.seq == 0:
-                raise InvalidBatch("usage delta seq must be >= 1")
-            raise InvalidBatch(
-                f"usage delta seqs must strictly increase in a batch ({delta.seq} after {previous})"
-            )
-        previous = delta.seq
+def check_batch(deltas: Sequence[UsageDelta]) -> None:
+    """The seq rules storage relies on (decode_usage checks them too, and more)."""
+    if not deltas:
+        return
+    seqs = [delta[0] for delta in deltas]
+    if seqs[0] < 1:
+        raise InvalidBatch("usage delta seq must be >= 1")
+    if not all(map(operator.lt, seqs, islice(seqs, 1, None))):
+        at = next(i for i in range(1, len(seqs)) if seqs[i] <= seqs[i - 1])
+        if seqs[at] < 1:
+            raise InvalidBatch("usage delta seq must be >= 1")
+        raise InvalidBatch(
+            f"usage delta seqs must strictly increase in a batch ({seqs[at]} after {seqs[at - 1]})"
+        )
 
 
 @dataclass
@@ -35,9 +46,17 @@ class Aggregate:
     node_downlink: int = 0
     rejected_users: set[str] = field(default_factory=set)
 
+    def hourly_rows(self, node_id: str) -> list[tuple]:
+        """(user, node, engine, hour_ms, up, down) rows of the hourly rollup."""
+        return [(u, node_id, e, h, s[0], s[1]) for (u, e, h), s in self.hourly.items()]
+
+    def user_rows(self) -> list[tuple[int, int, int, str]]:
+        """(up, down, up + down, user) rows adding to the per-user totals."""
+        return [(s[0], s[1], s[0] + s[1], u) for u, s in self.per_user.items()]
+
 
 def aggregate(
-    node_id: str, deltas: Sequence[v1.UsageDelta], countable_users: Container[str]
+    node_id: str, deltas: Sequence[UsageDelta], countable_users: Container[str]
 ) -> Aggregate:
     """Ledger rows for every delta; sums for those of users the node may report for.
 
@@ -48,20 +67,15 @@ def aggregate(
     ledger = result.ledger
     hourly = result.hourly
     per_user = result.per_user
-    for delta in deltas:
-        user_id = delta.user_id
-        up = delta.uplink_bytes
-        down = delta.downlink_bytes
-        engine = int(delta.engine)
+    node_up = node_down = 0
+    for seq, user_id, engine, epoch, up, down, at in deltas:
+        engine = int(engine)
         counted = user_id in countable_users
-        ledger.append(
-            (node_id, delta.seq, user_id, engine, delta.epoch, up, down, delta.sampled_at_ms,
-             int(counted))
-        )  # fmt: skip
+        ledger.append((node_id, seq, user_id, engine, epoch, up, down, at, 1 if counted else 0))
         if not counted:
             result.rejected_users.add(user_id)
             continue
-        key = (user_id, engine, delta.sampled_at_ms - delta.sampled_at_ms % HOUR_MS)
+        key = (user_id, engine, at - at % HOUR_MS)
         sums = hourly.get(key)
         if sums is None:
             hourly[key] = [up, down]
@@ -74,6 +88,8 @@ def aggregate(
         else:
             sums[0] += up
             sums[1] += down
-        result.node_uplink += up
-        result.node_downlink += down
+        node_up += up
+        node_down += down
+    result.node_uplink = node_up
+    result.node_downlink = node_down
     return result

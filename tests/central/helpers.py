@@ -25,6 +25,7 @@ from edgeward.pki import authority
 from edgeward.pki.store import CAStore
 from edgeward.pki.tls import client_context
 from edgeward.proto import v1
+from edgeward.proto.usage_codec import UsageDelta, encode_usage
 
 STREAM = "/edgeward.v1.NodeService/Stream"
 ENROLL = "/edgeward.v1.NodeService/Enroll"
@@ -166,9 +167,9 @@ class NodeClient:
         snapshot = await self.expect("snapshot")
         return welcome, snapshot
 
-    async def usage(self, deltas: list[v1.UsageDelta]) -> int:
+    async def usage(self, deltas: list[UsageDelta]) -> int:
         """Send a batch and return the acked seq."""
-        await self.send(usage=v1.UsageBatch(deltas=deltas))
+        await self.send(usage=encode_usage(deltas))
         while True:
             kind, body = await self.recv()
             if kind == "ack":
@@ -202,16 +203,8 @@ async def node_stream(port: int, pki: TestPki, client: Pair | None) -> AsyncIter
         await asyncio.sleep(0.05)  # let the TLS transport finish closing its socket
 
 
-def delta(seq: int, user_id: str, up: int = 0, down: int = 0, at_ms: int = 1_000) -> v1.UsageDelta:
-    return v1.UsageDelta(
-        seq=seq,
-        user_id=user_id,
-        engine=v1.Engine.PROXY,
-        epoch="e1",
-        uplink_bytes=up,
-        downlink_bytes=down,
-        sampled_at_ms=at_ms,
-    )
+def delta(seq: int, user_id: str, up: int = 0, down: int = 0, at_ms: int = 1_000) -> UsageDelta:
+    return UsageDelta(seq, user_id, int(v1.Engine.PROXY), "e1", up, down, at_ms)
 
 
 def dump(database: Path) -> str:

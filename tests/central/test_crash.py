@@ -12,7 +12,7 @@ import pytest
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from edgeward.central.storage import SqliteStorage
-from edgeward.proto import v1
+from edgeward.proto.usage_codec import encode_usage
 from tests.central.helpers import (
     PROXY_INBOUNDS,
     WAIT,
@@ -77,7 +77,7 @@ def test_crash_between_commit_and_ack_then_replay_counts_exactly_once(tmp_path: 
         async with node_stream(port, pki, node_cert) as node:
             welcome, _ = await node.handshake("node-a")
             assert welcome.acked_seq == 0
-            await node.send(usage=v1.UsageBatch(deltas=batch))
+            await node.send(usage=encode_usage(batch))
             with pytest.raises((EOFError, GRPCError, StreamTerminatedError, ConnectionError)):
                 while True:
                     kind, _ = await node.recv()

@@ -10,6 +10,7 @@ import pytest
 from edgeward.central.ingest import HOUR_MS, InvalidBatch, aggregate, check_batch
 from edgeward.central.storage import SqliteStorage
 from edgeward.proto import v1
+from edgeward.proto.usage_codec import UsageDelta
 from tests.central.helpers import PROXY_INBOUNDS, delta, dump
 
 
@@ -73,11 +74,8 @@ def test_usage_rolls_up_per_user_node_engine_hour(tmp_path: Path):
             delta(1, "alice", 1, 2, at_ms=5 * HOUR_MS + 10),
             delta(2, "alice", 3, 4, at_ms=5 * HOUR_MS + 20),
             delta(3, "alice", 5, 6, at_ms=6 * HOUR_MS),
-            v1.UsageDelta(
-                seq=4, user_id="alice", engine=v1.Engine.WIREGUARD, uplink_bytes=7,
-                downlink_bytes=8, sampled_at_ms=6 * HOUR_MS + 1,
-            ),
-        ]  # fmt: skip
+            UsageDelta(4, "alice", int(v1.Engine.WIREGUARD), "e1", 7, 8, 6 * HOUR_MS + 1),
+        ]
         await storage.ingest("node-a", deltas)
         await storage.ingest("node-b", [delta(1, "alice", 100, 100, at_ms=5 * HOUR_MS)])
         rows = await storage.hourly_usage("alice")

@@ -36,7 +36,6 @@ __all__ = (
     "RenewResponse",
     "StreamError",
     "UsageBatch",
-    "UsageDelta",
     "UserSpec",
     "Welcome",
     "WireguardPeer",
@@ -573,40 +572,79 @@ default_message_pool.register_message("edgeward.v1", "StreamError", StreamError)
 @dataclass(eq=False, repr=False)
 class UsageBatch(betterproto2.Message):
     """
-    Deltas with strictly increasing seqs.
+    Monotonic traffic deltas, one per (user, engine, epoch) sample, in columns.
+    Build and read it only through edgeward.proto.usage_codec (encode_usage /
+    decode_usage), which validates it.
+
+    Delta i is (seqs[i], users[user_index[i]], engine[i], epochs[epoch_index[i]],
+    uplink[i], downlink[i], sampled_at_ms[i]). (node_id, seq) is a delta's identity:
+    central applies each seq at most once. Seqs strictly increase within a batch;
+    gaps are allowed (the agent compacts its journal), so every delta carries its seq.
+
+    Why fixed little-endian bytes columns instead of `repeated UsageDelta` or packed
+    repeated varints: betterproto2 is pure Python. Measured on 1000 deltas (2 cores):
+    one sub-message per delta ~25 ms to encode and ~25 ms to parse (loaded machine:
+    ~45 ms); packed repeated uint64 columns 7 ms / 13 ms; bytes columns decoded with
+    `array.frombytes` well under 1 ms both ways. The price: ~41 bytes per delta on
+    the wire instead of ~30 with varints, a layout protoc cannot describe (documented
+    here and enforced by the codec: every column must hold exactly `count` values),
+    and values limited to signed 64 bits (what SQLite and PostgreSQL store anyway).
+    The user id table is one "\\n"-joined bytes field for the same reason (1000
+    repeated strings: ~1.5 ms each way); user ids never contain "\\n".
     """
 
-    deltas: "list[UsageDelta]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    count: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+    """
+    number of deltas
+    """
+
+    user_ids: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+    """
+    UTF-8 user ids joined by "\\n", indexed by user_index
+    """
+
+    epochs: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    """
+    string table, indexed by epoch_index
+    """
+
+    seqs: "bytes" = betterproto2.field(4, betterproto2.TYPE_BYTES)
+    """
+    count x int64 LE, >= 1, strictly increasing
+    """
+
+    user_index: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
+    """
+    count x uint32 LE, < len(user_ids)
+    """
+
+    engine: "bytes" = betterproto2.field(6, betterproto2.TYPE_BYTES)
+    """
+    count x uint8, an Engine other than UNSPECIFIED
+    """
+
+    epoch_index: "bytes" = betterproto2.field(7, betterproto2.TYPE_BYTES)
+    """
+    count x uint32 LE, < len(epochs)
+    """
+
+    uplink: "bytes" = betterproto2.field(8, betterproto2.TYPE_BYTES)
+    """
+    count x int64 LE, bytes >= 0
+    """
+
+    downlink: "bytes" = betterproto2.field(9, betterproto2.TYPE_BYTES)
+    """
+    count x int64 LE, bytes >= 0
+    """
+
+    sampled_at_ms: "bytes" = betterproto2.field(10, betterproto2.TYPE_BYTES)
+    """
+    count x int64 LE, unix ms >= 0
+    """
 
 
 default_message_pool.register_message("edgeward.v1", "UsageBatch", UsageBatch)
-
-
-@dataclass(eq=False, repr=False)
-class UsageDelta(betterproto2.Message):
-    """
-    A monotonic traffic delta for one user on one engine. (node_id, seq) is its
-    identity: central applies each seq at most once.
-    """
-
-    seq: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
-
-    user_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
-
-    engine: "Engine" = betterproto2.field(
-        3, betterproto2.TYPE_ENUM, default_factory=lambda: Engine(0)
-    )
-
-    epoch: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
-
-    uplink_bytes: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
-
-    downlink_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
-
-    sampled_at_ms: "int" = betterproto2.field(7, betterproto2.TYPE_INT64)
-
-
-default_message_pool.register_message("edgeward.v1", "UsageDelta", UsageDelta)
 
 
 @dataclass(eq=False, repr=False)

@@ -16,6 +16,14 @@ Prints the times, the ratio agent/bare (goal <= 2x) and the agent process's
 RSS (goal <= 80 MB).
 
     .venv/bin/python bench/sample.py [--users 10000] [--rounds 5]
+
+Measured here (2 shared cores, 10,000 users, 20,000 live counters, 3 runs):
+bare QueryStats+decode 181-212 ms median, of which betterproto2's decode of
+the ~950 KB reply is ~184 ms (the RPC itself is a few ms); agent cycle
+nothing moved 201-216 ms (1.02-1.15x), 10% moved 227-246 ms (1.16-1.28x),
+all moved 289-331 ms (1.55-1.79x); first cycle of an epoch 350-414 ms.
+Agent RSS at 10,000 users: 65 MB (traffic generator in a child process; an
+earlier variant generating traffic in-process measured 86 MB).
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ from .uplink import Uplink, split_address
 log = logging.getLogger("edgeward.agent.daemon")
 
 LOCAL_CHECK_INTERVAL = 1.0
+# While central is away, unsent deltas are merged every this many samples (the
+# outbox then grows with users, not with time: issue 5's 7-day autonomy).
+COMPACT_EVERY = 30
 
 
 # ---------------------------------------------------------------- the daemon
@@ -243,6 +246,11 @@ async def serve(
 
             async def after_sample(report: RoundReport) -> None:
                 await node.check_local()
+                offline = uplink is None or uplink.status.state != "connected"
+                if offline and sampler.rounds % COMPACT_EVERY == 0:
+                    saved = await node.compact_outbox()
+                    if saved:
+                        log.info("outbox compacted: %d rows merged", saved)
 
             sampler = Sampler(
                 journal,

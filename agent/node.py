@@ -283,8 +283,8 @@ class Node:
         if any(not user_id for user_id in change.removed_user_ids):
             raise RefusedInput(f"desired change rev {change.revision} removes an empty user id")
         async with self._lock:
-            if change.revision <= self.desired.revision and change.base_revision < self.revision:
-                return True  # already covered
+            # Central's changes follow the snapshot it sent on this stream, each on
+            # top of the last: any other base means the node diverged.
             if change.base_revision != self.desired.revision:
                 return False
             removed = set(change.removed_user_ids)
@@ -363,6 +363,13 @@ class Node:
                     d.user_id, reason_name(d.reason),
                 )  # fmt: skip
         return decisions
+
+    async def compact_outbox(self) -> int:
+        """Merge unsent deltas (one row per user, engine and epoch): a long outage
+        grows the outbox by users, not by samples. Returns the rows saved."""
+        async with self._lock:
+            result = await self.journal.compact()
+        return result.rows_before - result.rows_after
 
     async def record_applied(self, engine: str, users: Mapping[str, object]) -> None:
         """What an engine now holds per user (for explain); only differences are written."""

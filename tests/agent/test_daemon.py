@@ -118,3 +118,26 @@ async def test_quota_crossed_by_real_traffic_removes_the_user_and_renewal_brings
         await wait_for(lambda: daemon.node.applied["proxy"].get("alice"), "alice back")
         assert await fetch_as(v2ray_core, tmp_path, alice.uuid, http_blob_server.url(1000)) == 1000
         stop.set()
+
+
+async def test_sigterm_drain_hands_central_the_last_sample_before_exit(
+    tmp_path, central, v2ray_core, http_blob_server
+):
+    storage = central.storage
+    await central_call(central, storage.create_user, "alice", actor=ADMIN, node_ids=["node-a"])
+    alice = await central_call(central, storage.get_user, "alice")
+    # Samples far apart: only the drain's final sample can carry the traffic.
+    config = core_config(
+        node_config(tmp_path, central.pki, central.address, sample_interval=600.0), v2ray_core
+    )
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        daemon = await nursery.start(functools.partial(serve, config, shutdown_trigger=stop))
+        await wait_for(lambda: daemon.node.applied["proxy"].get("alice"), "alice in the core")
+        await wait_for(lambda: daemon.uplink.status.state == "connected", "the uplink")
+        assert await fetch_as(v2ray_core, tmp_path, alice.uuid, http_blob_server.url(50_000))
+        stop.set()
+    # serve() returned: the drain already waited for central's ack.
+    counted = await core_bytes(v2ray_core, "alice")
+    assert counted > 50_000
+    assert await user_total(central, "alice") == counted

@@ -167,3 +167,18 @@ async def test_expiry_is_a_local_decision_stored_and_pushed(tmp_path):
         assert pushed[-1].user("alice").suspended
         assert [d for _, d in await journal.unreported_decisions()] == decisions
         assert not node.explain("alice")["served"]
+
+
+async def test_compaction_merges_unsent_deltas_and_keeps_every_byte(tmp_path):
+    from edgeward.agent.deltas import ENGINE_PROXY, Delta, Sample
+
+    async with open_journal(tmp_path / "journal.sqlite") as journal:
+        node = await Node.load(journal)
+        for i in range(1, 51):
+            deltas = tuple(Delta(u, ENGINE_PROXY, "1", i, 2 * i) for u in ("a", "b"))
+            await node.commit_sample(Sample(ENGINE_PROXY, "1", deltas, {}, {}), sampled_at_ms=i)
+        before = await journal.outbox_totals()
+        assert (await journal.outbox_stats()).rows == 100
+        assert await node.compact_outbox() == 98
+        assert await journal.outbox_totals() == before
+        assert (await journal.outbox_stats()).rows == 2

@@ -162,3 +162,27 @@ async def test_certificate_due_for_renewal_is_renewed_over_the_stream_and_used_n
             await wait_for(lambda: uplink.status.sessions == 2, "a session with the new cert")
             assert uplink.status.state == "connected"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_change_on_another_base_reconnects_for_a_snapshot(tmp_path, central):
+    from edgeward.proto import v1
+
+    storage = central.storage
+    await central_call(central, storage.create_user, "alice", actor=ADMIN, node_ids=["node-a"])
+    config = node_config(tmp_path, central.pki, central.address)
+    async with open_journal(Path(config.state_dir) / "journal.sqlite") as journal:
+        node = await Node.load(journal)
+        async with open_island() as island, trio.open_nursery() as nursery:
+            uplink = Uplink(node, config, island)
+            nursery.start_soon(uplink.run)
+            await wait_for(lambda: node.desired.user("alice"), "the first snapshot")
+            # The node drifts to a revision central never issued...
+            await node.apply_snapshot(v1.DesiredSnapshot(revision=999))
+            # ...so central's next change does not apply on top of it: a gap.
+            await central_call(central, storage.create_user, "bob", actor=ADMIN,
+                               node_ids=["node-a"])  # fmt: skip
+            await wait_for(lambda: uplink.status.sessions == 2, "the reconnect")
+            await wait_for(lambda: node.desired.user("bob"), "the snapshot with bob")
+            assert node.desired.user("alice") is not None and node.revision < 999
+            assert "reconnecting for a snapshot" in (uplink.status.last_error or "")
+            nursery.cancel_scope.cancel()

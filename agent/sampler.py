@@ -192,6 +192,7 @@ class Sampler:
         self.last_round: RoundReport | None = None
         self._tracker: EpochTracker | None = None
         self._last_reason: dict[str, str | None] = {}
+        self._last_wg_problems: str | None = None  # logged once per change, not every round
 
     def _desired_interfaces(self) -> list[str]:
         return sorted({p.interface for u in self.desired().users for p in u.wireguard})
@@ -345,8 +346,10 @@ class Sampler:
         result = await self._commit(
             sample, now_ms, json.dumps(tokens, sort_keys=True), new_epoch=new_epoch
         )
-        if problems:
-            log.warning("WireGuard interfaces not sampled this round: %s", "; ".join(problems))
+        text = "; ".join(problems) or None
+        if text and text != self._last_wg_problems:
+            log.warning("WireGuard interfaces not sampled this round: %s", text)
+        self._last_wg_problems = text
         return result
 
     # ------------------------------------------------------------ commit

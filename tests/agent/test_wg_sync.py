@@ -172,3 +172,19 @@ async def test_missing_interface_is_reported_and_nothing_else_changes(wg_pair):
     assert not report.ok
     assert report.added == 1  # the existing interface was still served
     assert list(wg_pair.wg_dump_peers(wg_pair.a)) == [wg_pair.b.public_key]
+
+
+async def test_drift_is_repaired_by_the_running_loop_without_being_asked(wg_pair):
+    a, b = wg_pair.a, wg_pair.b
+    sync = WgSync(WireGuard(), desired=desired_for(wg_pair), poll_interval=0.1, drift_interval=0.5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sync.run)
+        with trio.fail_after(15):
+            while b.public_key not in wg_pair.wg_dump_peers(a):
+                await trio.sleep(0.1)
+        wg_pair.wg(a, "set", a.iface, "peer", b.public_key, "remove")  # by hand
+        with trio.fail_after(15):
+            while b.public_key not in wg_pair.wg_dump_peers(a):
+                await trio.sleep(0.1)
+        assert sync.recreations == 0
+        nursery.cancel_scope.cancel()

@@ -241,3 +241,73 @@ async def test_commits_can_go_through_the_node(tmp_path):
         assert r.seqs == (1, 1)
         ((epoch, at, marker),) = seen
         assert (epoch, at) == ("1", WALL) and marker == await journal.epoch_marker(ENGINE_PROXY)
+
+
+# ---------------------------------------------------------------- WireGuard, stub device
+
+
+class StubWireGuard:
+    """Answers instance/peers like WireGuard (the real device: test_sampler_wg.py)."""
+
+    def __init__(self) -> None:
+        from edgeward.agent.wireguard import InterfaceInstance, PeerState
+
+        self.instance_of = lambda iface, token: InterfaceInstance("uapi", iface, token)
+        self.peer = lambda key, rx, tx: PeerState(key, (), False, rx, tx, None)
+        self.tokens = {"wg0": "t1"}
+        self.peers_of: dict[str, list] = {"wg0": []}
+        self.recreate_while_reading = False
+
+    async def instance(self, iface: str):
+        return self.instance_of(iface, self.tokens[iface])
+
+    async def peers(self, iface: str):
+        if self.recreate_while_reading:
+            self.tokens[iface] += "'"
+        return list(self.peers_of[iface])
+
+
+def wg_state() -> DesiredState:
+    from edgeward.agent.model import make_wireguard_peer
+
+    peer = make_wireguard_peer("bob", interface="wg0", public_key=KEY, allowed_ips=[])
+    return DesiredState(1, (DesiredUser("bob", wireguard=(peer,)),))
+
+
+KEY = "A" * 43 + "="
+
+
+async def test_wg_interface_recreated_while_read_is_skipped_then_a_new_epoch(tmp_path):
+    wg = StubWireGuard()
+    wg.peers_of["wg0"] = [wg.peer(KEY, 100, 1000)]
+    async with open_journal(tmp_path / "j.db") as journal:
+        s = Sampler(journal, desired=wg_state, wg=wg)
+        r = (await s.sample_once()).engines[ENGINE_WIREGUARD]
+        assert (r.epoch, r.uplink, r.downlink) == ("1", 100, 1000)
+        wg.recreate_while_reading = True
+        wg.peers_of["wg0"] = [wg.peer(KEY, 5, 5)]
+        r = (await s.sample_once()).engines[ENGINE_WIREGUARD]
+        assert r.skipped == "interface 'wg0' was recreated while being read"
+        wg.recreate_while_reading = False
+        r = (await s.sample_once()).engines[ENGINE_WIREGUARD]
+        assert (r.epoch, r.new_epoch, r.uplink, r.downlink) == ("2", True, 5, 5)
+        assert await journal.outbox_totals() == {
+            ("bob", ENGINE_WIREGUARD, "1"): (100, 1000),
+            ("bob", ENGINE_WIREGUARD, "2"): (5, 5),
+        }
+
+
+async def test_negative_wg_counters_are_refused_and_nothing_is_committed(tmp_path):
+    wg = StubWireGuard()
+    wg.peers_of["wg0"] = [wg.peer(KEY, 100, 1000)]
+    async with open_journal(tmp_path / "j.db") as journal:
+        s = Sampler(journal, desired=wg_state, wg=wg)
+        await s.sample_once()
+        before = (await journal.outbox_stats(), await journal.baselines(ENGINE_WIREGUARD, "1"))
+        wg.peers_of["wg0"] = [wg.peer(KEY, 200, -1)]
+        r = (await s.sample_once()).engines[ENGINE_WIREGUARD]
+        assert r.error and "is negative: -1" in (r.skipped or "")
+        assert (
+            await journal.outbox_stats(),
+            await journal.baselines(ENGINE_WIREGUARD, "1"),
+        ) == before

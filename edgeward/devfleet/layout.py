@@ -45,12 +45,21 @@ class NodeLayout:
         return self.dir / "agent.toml"
 
     @property
+    def pki_dir(self) -> Path:
+        """Where enrollment puts the CA, certificate and key (in the agent's state)."""
+        return self.state_dir / "pki"
+
+    @property
     def cert(self) -> Path:
-        return self.dir / "node.crt"
+        return self.pki_dir / "node.crt"
 
     @property
     def key(self) -> Path:
-        return self.dir / "node.key"
+        return self.pki_dir / "node.key"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki_dir / "ca.crt"
 
     @property
     def wg_key(self) -> Path:
@@ -207,7 +216,7 @@ def agent_toml(layout: FleetLayout, node: NodeLayout, sample_interval: float = 1
         'log_level = "info"\n'
         "[central]\n"
         f'address = "{layout.central_endpoint}"\n'
-        f'ca_file = "{layout.pki_dir / "ca.crt"}"\n'
+        f'ca_file = "{node.ca_file}"\n'
         f'cert_file = "{node.cert}"\n'
         f'key_file = "{node.key}"\n'
         "reconnect_min = 0.5\nreconnect_max = 3.0\n"

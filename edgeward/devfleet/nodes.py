@@ -143,6 +143,11 @@ def enroll_agent(layout: FleetLayout, node: NodeLayout, token: str) -> None:
     """The agent's own enrollment: key + CSR on the node, certificate from central."""
     if node.cert.exists():
         return
+    from .enroll import agent_can_enroll, enroll_with_token
+
+    if not agent_can_enroll():
+        enroll_with_token(layout, node, token)
+        return
     proc = subprocess.run(
         ["ip", "netns", "exec", node.ns, *agent_program(), "enroll",
          "--config", str(node.agent_config), "--node-id", node.node_id,

@@ -124,7 +124,9 @@ class Processes:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(timeout=0.05)
             if not handle.alive():
-                self._children.pop(handle.pid, None)
+                child = self._children.pop(handle.pid, None)
+                if child is not None:
+                    child.wait(timeout=timeout)  # a zombie by now: reap it
                 return True
             time.sleep(0.02)
         return False

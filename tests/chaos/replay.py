@@ -58,6 +58,7 @@ async def _replay(layout: FleetLayout, node: NodeLayout, deltas: list[UsageDelta
                     raise RuntimeError(f"central refused the replay: {body.message}")
     finally:
         channel.close()
+        await asyncio.sleep(0.05)  # let the TLS transport finish closing its socket
 
 
 def replay(layout: FleetLayout, node: NodeLayout, limit: int = 200) -> tuple[int, int]:

@@ -145,6 +145,7 @@ class Uplink:
         self._last_report: v1.AppliedReport | None = None
         self._renew_key: bytes | None = None
         self._stopping = False
+        self._welcomed = False
 
     # ------------------------------------------------------------ the loop
 
@@ -154,7 +155,7 @@ class Uplink:
         central = self.config.central
         while not self._stopping:
             self.status.state = "connecting"
-            welcomed = False
+            self._welcomed = welcomed = False
             immediate = False
             try:
                 try:
@@ -163,7 +164,7 @@ class Uplink:
                     raise _single(group) from None
             except SessionOver as e:
                 immediate = e.immediate
-                welcomed = True
+                welcomed = self._welcomed  # a refusal before welcome backs off
                 self._note_error(str(e))
             except StreamEnded as e:
                 self._note_error(f"stream ended: {_describe(e.error)}")
@@ -250,6 +251,7 @@ class Uplink:
             if kind != "welcome":
                 raise SessionOver(f"central answered {kind} before welcome")
             cursor = await self._on_welcome(body)
+            self._welcomed = True
             self.status.state = "connected"
             self.status.sessions += 1
             self.status.connected_since_ms = _now_ms()

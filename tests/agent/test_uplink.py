@@ -186,3 +186,20 @@ async def test_a_change_on_another_base_reconnects_for_a_snapshot(tmp_path, cent
             assert node.desired.user("alice") is not None and node.revision < 999
             assert "reconnecting for a snapshot" in (uplink.status.last_error or "")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_node_logs_central_s_reason_and_keeps_its_journal(tmp_path, central):
+    config = node_config(tmp_path, central.pki, central.address, node_id="node-z")
+    async with open_journal(Path(config.state_dir) / "journal.sqlite") as journal:
+        node = await Node.load(journal)
+        await node.commit_sample(sample("e1", ("alice", 1, 1)), sampled_at_ms=1)
+        async with open_island() as island, trio.open_nursery() as nursery:
+            uplink = Uplink(node, config, island)
+            nursery.start_soon(uplink.run)
+            await wait_for(
+                lambda: "not registered with central" in (uplink.status.last_error or ""),
+                "central's refusal",
+            )
+            assert uplink.status.sessions == 0
+            assert (await journal.outbox_stats()).rows == 1  # nothing dropped
+            nursery.cancel_scope.cancel()

@@ -22,7 +22,7 @@ TIMEOUT = 30.0
 
 
 class EnrollError(Exception):
-    """Enrollment failed; the message says why and what to do. Nothing was written."""
+    """Enrollment failed; the message says why and what to do."""
 
 
 def enrolled_config(
@@ -80,13 +80,20 @@ def enroll_node(
         raise EnrollError(f"central answered with an unusable certificate: {e}") from None
     if cert.public_key().public_numbers() != key.public_key().public_numbers():
         raise EnrollError("central's certificate is not for the key this node generated")
-    pki_dir = cert_file.parent
-    pki_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_target = Path(config.central.ca_file)
-    write_atomically(ca_target, ca_pem, 0o644)
-    install_pair(cert_file, Path(config.central.key_file), response.certificate_pem, key_pem(key))
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(config_path, to_toml(config).encode(), 0o640)
+    try:
+        cert_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomically(ca_target, ca_pem, 0o644)
+        install_pair(
+            cert_file, Path(config.central.key_file), response.certificate_pem, key_pem(key)
+        )
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(config_path, to_toml(config).encode(), 0o640)
+    except OSError as e:
+        raise EnrollError(
+            f"central signed the certificate but it could not be stored: {e} "
+            "(the token is spent: ask for a new one)"
+        ) from None
     return [ca_target, cert_file, Path(config.central.key_file), config_path]
 
 

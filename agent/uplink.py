@@ -211,6 +211,15 @@ class Uplink:
 
         central = self.config.central
         finish_pair_install(Path(central.cert_file), Path(central.key_file))
+        for what, path in (
+            ("CA certificate", central.ca_file),
+            ("node certificate", central.cert_file),
+            ("node key", central.key_file),
+        ):
+            if not Path(path).exists():
+                raise FileNotFoundError(
+                    f"{what} {path} does not exist (enroll this node: edgeward-agent enroll)"
+                )
         return client_context(central.ca_file, central.cert_file, central.key_file)
 
     # ------------------------------------------------------------ one session

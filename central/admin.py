@@ -14,6 +14,10 @@ from typing import TYPE_CHECKING, Any
 from edgeward.proto import v1
 
 from . import credentials
+from .admin_changes import AdminChangesMixin
+from .admin_checks import check_client_side, check_public_address
+from .admin_queries import AdminQueriesMixin
+from .admin_records import NodeInbound
 from .desired import Inbound
 from .errors import Conflict, InvalidInput, NotFound
 from .records import AuditEntry, Transaction, User, now_ms
@@ -52,7 +56,7 @@ def _check_future(expires_at_ms: int | None, at: int) -> int | None:
     return expires_at_ms
 
 
-class AdminMixin:
+class AdminMixin(AdminQueriesMixin, AdminChangesMixin):
     """Mixed into SqliteStorage; relies on its _write/_read/_audit/_enforce_in."""
 
     _write: Any
@@ -64,12 +68,24 @@ class AdminMixin:
 
     # ------------------------------------------------------------ nodes and plans
 
-    async def add_node(self, node_id: str, inbounds: Sequence[Inbound], *, actor: str) -> None:
+    async def add_node(
+        self,
+        node_id: str,
+        inbounds: Sequence[Inbound | NodeInbound],
+        *,
+        actor: str,
+        public_address: str = "",
+    ) -> None:
+        """Register a node with what it serves and, for client configs, the address and
+        port clients connect to (plus link parameters: TLS, transport, WireGuard key)."""
         _check_id("node id", NODE_ID, node_id)
-        tags = [inbound.tag for inbound in inbounds]
+        served = [i if isinstance(i, NodeInbound) else NodeInbound(i) for i in inbounds]
+        check_public_address(node_id, public_address)
+        tags = [item.inbound.tag for item in served]
         if len(set(tags)) != len(tags):
             raise InvalidInput(f"node {node_id!r}: inbound tags must be unique, got {tags}")
-        for inbound in inbounds:
+        for item in served:
+            inbound = item.inbound
             if not inbound.tag:
                 raise InvalidInput(f"node {node_id!r}: an inbound has an empty tag")
             if inbound.engine == v1.Engine.PROXY and inbound.protocol == v1.Protocol.UNSPECIFIED:
@@ -78,22 +94,35 @@ class AdminMixin:
                 )
             if inbound.engine not in (v1.Engine.PROXY, v1.Engine.WIREGUARD):
                 raise InvalidInput(f"node {node_id!r}: inbound {inbound.tag!r} has no engine")
+            check_client_side(node_id, item)
         at = now_ms()
         async with self._write() as tx:
             if await _exists(tx.db, "SELECT 1 FROM nodes WHERE node_id = ?", node_id):
                 raise Conflict(f"node {node_id!r} already exists")
             await tx.db.execute(
-                "INSERT INTO nodes (node_id, created_at_ms) VALUES (?, ?)", (node_id, at)
+                "INSERT INTO nodes (node_id, created_at_ms, public_address) VALUES (?, ?, ?)",
+                (node_id, at, public_address),
             )
             await tx.db.executemany(
-                "INSERT INTO node_inbounds (node_id, tag, engine, protocol, flow, cipher)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO node_inbounds (node_id, tag, engine, protocol, flow, cipher, port,"
+                " link_params) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (node_id, i.tag, int(i.engine), int(i.protocol), i.flow, i.cipher)
-                    for i in inbounds
+                    (
+                        node_id,
+                        i.inbound.tag,
+                        int(i.inbound.engine),
+                        int(i.inbound.protocol),
+                        i.inbound.flow,
+                        i.inbound.cipher,
+                        i.port,
+                        i.params_json,
+                    )
+                    for i in served
                 ],
             )
-            await self._audit(tx, actor, "add-node", node_id, f"inbounds: {tags}", at)
+            await self._audit(
+                tx, actor, "add-node", node_id, f"address={public_address!r} inbounds: {tags}", at
+            )
 
     async def create_plan(
         self,
@@ -102,8 +131,13 @@ class AdminMixin:
         actor: str,
         data_limit_bytes: int | None = None,
         duration_days: int | None = None,
+        engines: Sequence[v1.Engine] = (),
     ) -> None:
         _check_id("plan id", PLAN_ID, plan_id)
+        for engine in engines:
+            if engine not in (v1.Engine.PROXY, v1.Engine.WIREGUARD):
+                raise InvalidInput(f"plan {plan_id!r}: unknown engine {engine!r}")
+        engines_text = ",".join(str(int(e)) for e in sorted(set(engines)))
         _check_bytes("data limit", data_limit_bytes)
         if duration_days is not None and (
             isinstance(duration_days, bool)
@@ -118,8 +152,9 @@ class AdminMixin:
             if await _exists(tx.db, "SELECT 1 FROM plans WHERE plan_id = ?", plan_id):
                 raise Conflict(f"plan {plan_id!r} already exists")
             await tx.db.execute(
-                "INSERT INTO plans (plan_id, data_limit_bytes, duration_days) VALUES (?, ?, ?)",
-                (plan_id, data_limit_bytes, duration_days),
+                "INSERT INTO plans (plan_id, data_limit_bytes, duration_days, engines)"
+                " VALUES (?, ?, ?, ?)",
+                (plan_id, data_limit_bytes, duration_days, engines_text),
             )
             await self._audit(
                 tx, actor, "create-plan", plan_id,

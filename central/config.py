@@ -11,6 +11,9 @@ cert = "/etc/edgeward/central/server.crt"
 key = "/etc/edgeward/central/server.key"
 [enforcement]
 interval_seconds = 5.0            # how often expiry is checked for every user
+[subscription]                    # end users' subscription URLs (off when listen is unset)
+listen = "127.0.0.1:7444"         # host:port of the small HTTP endpoint (put TLS in front)
+public_url = "https://sub.example.com"  # what URLs handed to users start with
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ class CentralConfig:
     cert: Path = Path("/etc/edgeward/central/server.crt")
     key: Path = Path("/etc/edgeward/central/server.key")
     enforce_interval: float = 5.0
+    subscription_host: str = ""  # "": no subscription endpoint
+    subscription_port: int = 0
+    subscription_url: str = ""
 
 
 KNOWN = {
@@ -40,6 +46,7 @@ KNOWN = {
     "storage": {"database", "wireguard_pool"},
     "pki": {"ca_dir", "cert", "key"},
     "enforcement": {"interval_seconds"},
+    "subscription": {"listen", "public_url"},
 }
 
 
@@ -63,12 +70,15 @@ def parse_config(text: str, source: str = "config") -> CentralConfig:
     defaults = CentralConfig()
     host, port = defaults.host, defaults.port
     if "listen" in server:
-        host, sep, port_text = str(server["listen"]).rpartition(":")
-        if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-            raise InvalidInput(
-                f"{source}: [server] listen must be host:port, got {server['listen']!r}"
-            )
-        host, port = host.strip("[]"), int(port_text)
+        host, port = _host_port(source, "server", server["listen"])
+    subscription = data.get("subscription", {})
+    sub_host, sub_port, sub_url = "", 0, str(subscription.get("public_url", ""))
+    if "listen" in subscription:
+        sub_host, sub_port = _host_port(source, "subscription", subscription["listen"])
+        if not sub_url:
+            sub_url = f"http://{subscription['listen']}"
+    if sub_url and not sub_url.startswith(("http://", "https://")):
+        raise InvalidInput(f"{source}: [subscription] public_url must start with http(s)://")
     pool = storage.get("wireguard_pool", defaults.wireguard_pool)
     try:
         ipaddress.ip_network(pool)
@@ -86,7 +96,17 @@ def parse_config(text: str, source: str = "config") -> CentralConfig:
         cert=Path(pki.get("cert", defaults.cert)),
         key=Path(pki.get("key", defaults.key)),
         enforce_interval=float(interval),
+        subscription_host=sub_host,
+        subscription_port=sub_port,
+        subscription_url=sub_url,
     )
+
+
+def _host_port(source: str, section: str, value: object) -> tuple[str, int]:
+    host, sep, port_text = str(value).rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidInput(f"{source}: [{section}] listen must be host:port, got {value!r}")
+    return host.strip("[]"), int(port_text)
 
 
 def load_config(path: Path) -> CentralConfig:

@@ -123,6 +123,22 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
            BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END""",
     ],
+    # 2: the admin surface (central/admin*.py): where clients connect, plan engines,
+    # revocable subscription tokens.
+    [
+        "ALTER TABLE nodes ADD COLUMN public_address TEXT NOT NULL DEFAULT ''",
+        # Client-facing inbound settings: port and link parameters (JSON, see admin_nodes.py).
+        "ALTER TABLE node_inbounds ADD COLUMN port INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE node_inbounds ADD COLUMN link_params TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE plans ADD COLUMN engines TEXT NOT NULL DEFAULT ''",  # '': every engine
+        """CREATE TABLE subscriptions (
+            token TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            revoked_at_ms BIGINT                   -- NULL: valid
+        )""",
+        "CREATE INDEX subscriptions_by_user ON subscriptions(user_id)",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -21,6 +21,8 @@ from edgeward.proto import v1
 from edgeward.sdnotify import Notifier as SystemdNotifier
 from edgeward.sdnotify import watchdog_interval
 
+from . import subscription
+from .admin_service import AdminService, install_admin_identity
 from .config import CentralConfig
 from .identity import Identify, install_node_identity, pki_identify
 from .storage import SqliteStorage, Storage
@@ -105,6 +107,7 @@ async def serve(
     in-process caller shares its change notifications; default: open config.database.
     """
     from edgeward.pki.tls import server_context
+    from edgeward.pki.verify import Verifier
 
     systemd = systemd or SystemdNotifier()
     ca_store, identify, enroller, renewer = pki_hooks(config.ca_dir)
@@ -112,18 +115,26 @@ async def serve(
     if storage is None:
         storage = await SqliteStorage.open(config.database, wg_pool=config.wireguard_pool)
     service = NodeService(storage, enroller=enroller, renewer=renewer)  # type: ignore[arg-type]
-    server = Server([service])
+    admin = AdminService(storage, service, ca_store, config.subscription_url)
+    server = Server([service, admin])
     install_node_identity(server, identify)
+    install_admin_identity(server, Verifier.from_store(ca_store))  # type: ignore[arg-type]
     # Client certificates are optional at the TLS layer so that Enroll works without
     # one; every other method is refused without a valid node certificate.
     ssl_context = server_context(
         config.cert, config.key, config.ca_dir / "ca.crt", require_client_cert=False
     )
     ticker = None
+    subscriptions = None
     try:
         sock = socket.create_server((config.host, config.port), reuse_port=False)
         port = sock.getsockname()[1]
         await server.start(sock=sock, ssl=ssl_context)
+        if config.subscription_host:
+            subscriptions = await subscription.start(
+                storage, config.subscription_host, config.subscription_port
+            )
+            log.info("subscriptions on %s", subscriptions.sockets[0].getsockname())
         ticker = asyncio.create_task(
             enforcement_ticker(storage, config.enforce_interval, systemd, service)
         )
@@ -140,6 +151,9 @@ async def serve(
         except TimeoutError:
             log.warning("node streams did not finish within %ss", STOP_GRACE_SECONDS)
     finally:
+        if subscriptions is not None:
+            subscriptions.close()
+            await subscriptions.wait_closed()
         if ticker is not None:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -34,6 +34,7 @@ from edgeward.proto.usage_codec import decode_usage
 from .errors import NodeRefused
 from .identity import ENROLL_PATH, STREAM_PATH, current_node
 from .ingest import InvalidBatch
+from .node_links import NodeLinks
 from .notify import NodeEvent
 from .records import now_ms
 from .storage import Storage
@@ -91,6 +92,7 @@ class NodeService:
         self.enroller = enroller
         self.renewer = renewer
         self.sessions: set[NodeSession] = set()
+        self.links = NodeLinks()  # connection state the admin service shows
         self.stopping = asyncio.Event()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
@@ -150,6 +152,8 @@ class NodeService:
             await session.run()
         finally:
             self.sessions.discard(session)
+            if not any(s.node_id == node_id for s in self.sessions):
+                self.links.disconnected(node_id)
 
     async def stop(self, grace: float) -> None:
         """Ask every session to finish the message in hand and end its stream;
@@ -188,6 +192,7 @@ class NodeSession:
         # Subscribe before reading the snapshot so no change falls between them.
         with self.storage.notifier.subscribe(self.node_id, self.on_event):
             acked = await self.storage.acked_seq(self.node_id)
+            self.service.links.connected(self.node_id, self.hello, acked)
             await self.send(
                 welcome=v1.Welcome(
                     node_id=self.node_id, acked_seq=acked, central_version=__version__
@@ -247,6 +252,7 @@ class NodeSession:
 
     async def on_message(self, message: v1.NodeMessage) -> None:
         kind, body = betterproto2.which_one_of(message, "kind")
+        self.service.links.seen(self.node_id)
         if kind == "usage":
             await self.on_usage(body)
         elif kind == "heartbeat":
@@ -254,6 +260,7 @@ class NodeSession:
         elif kind == "local_decisions":
             await self.storage.record_local_decisions(self.node_id, body.decisions)
         elif kind == "applied":
+            self.service.links.applied(self.node_id, body)
             log.info(
                 "node %s applied revision %d: %d/%d users, %d errors",
                 self.node_id, body.revision, body.users_applied, body.users_desired,
@@ -271,6 +278,7 @@ class NodeSession:
             raise Refusal(Status.INVALID_ARGUMENT, str(e)) from None
         # Only now is the batch durable: acknowledge it, then the leases based on it.
         await self.send(ack=v1.Ack(acked_seq=result.acked_seq))
+        self.service.links.acked(self.node_id, result.acked_seq)
         if result.leases:
             await self.send(leases=v1.LeaseGrant(leases=result.leases))
 

@@ -44,12 +44,14 @@ def test_a_changed_proto_is_detected(tmp_path):
     generator = _load_generator()
     changed = tmp_path / "src"
     (changed / "edgeward" / "v1").mkdir(parents=True)
-    source = (ROOT / "proto" / "edgeward" / "v1" / "admin.proto").read_text()
-    (changed / "edgeward" / "v1" / "admin.proto").write_text(
-        source.replace("uint32 users_total = 4;", "uint32 users_total = 4;\n  string extra = 5;")
-    )
+    # admin.proto imports node.proto's enums: both go into the changed tree.
+    for name in ("admin.proto", "node.proto"):
+        text = (ROOT / "proto" / "edgeward" / "v1" / name).read_text()
+        (changed / "edgeward" / "v1" / name).write_text(text)
+    with open(changed / "edgeward" / "v1" / "admin.proto", "a") as admin:
+        admin.write("\nmessage FreshnessProbe { string extra = 1; }\n")
     generator.HERE = changed
-    generator.PROTO_FILES = ["edgeward/v1/admin.proto"]
+    generator.PROTO_FILES = ["edgeward/v1/admin.proto", "edgeward/v1/node.proto"]
     generator.generate(tmp_path / "gen")
     fresh = (tmp_path / "gen" / "edgeward" / "v1" / "__init__.py").read_text()
     assert "extra" in fresh

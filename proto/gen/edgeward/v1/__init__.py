@@ -6,11 +6,17 @@
 __all__ = (
     "Ack",
     "Action",
+    "AddNodeRequest",
+    "AddUserRequest",
     "AdminServiceBase",
     "AdminServiceStub",
     "AppliedReport",
     "ApplyError",
+    "AssignmentRequest",
     "CentralMessage",
+    "ClientConfigRequest",
+    "ClientConfigResponse",
+    "ClientLink",
     "Command",
     "DesiredChange",
     "DesiredSnapshot",
@@ -18,24 +24,51 @@ __all__ = (
     "Engine",
     "EnrollRequest",
     "EnrollResponse",
+    "ExplainNode",
+    "ExplainResponse",
     "GetStatusRequest",
     "GetStatusResponse",
     "Heartbeat",
     "Hello",
+    "ImportUsersRequest",
+    "ImportUsersResponse",
+    "ImportedUser",
+    "InboundInfo",
     "Lease",
     "LeaseGrant",
+    "ListNodesRequest",
+    "ListNodesResponse",
+    "ListPlansRequest",
+    "ListPlansResponse",
+    "ListUsersRequest",
+    "ListUsersResponse",
     "LocalDecision",
     "LocalDecisions",
+    "NodeInfo",
+    "NodeLink",
     "NodeMessage",
+    "NodeRef",
     "NodeServiceBase",
     "NodeServiceStub",
+    "PlanInfo",
+    "PlanRef",
     "Protocol",
     "ProxyCredential",
     "Reason",
     "RenewRequest",
     "RenewResponse",
+    "RenewUserRequest",
+    "RevokeNodeRequest",
     "StreamError",
+    "SubscriptionRequest",
+    "SuspendUserRequest",
+    "TopUpUserRequest",
     "UsageBatch",
+    "UsageRequest",
+    "UsageResponse",
+    "UsageRow",
+    "UserInfo",
+    "UserRef",
     "UserSpec",
     "Welcome",
     "WireguardPeer",
@@ -195,6 +228,44 @@ default_message_pool.register_message("edgeward.v1", "Ack", Ack)
 
 
 @dataclass(eq=False, repr=False)
+class AddNodeRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    public_address: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    host name or IP clients connect to
+    """
+
+    inbounds: "list[InboundInfo]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("edgeward.v1", "AddNodeRequest", AddNodeRequest)
+
+
+@dataclass(eq=False, repr=False)
+class AddUserRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    plan_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    data_limit_bytes: "int | None" = betterproto2.field(3, betterproto2.TYPE_INT64, optional=True)
+
+    expires_at_ms: "int | None" = betterproto2.field(4, betterproto2.TYPE_INT64, optional=True)
+
+    node_ids: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+
+    uuid: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    empty: generated
+    """
+
+    why: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "AddUserRequest", AddUserRequest)
+
+
+@dataclass(eq=False, repr=False)
 class AppliedReport(betterproto2.Message):
     revision: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
 
@@ -220,6 +291,18 @@ class ApplyError(betterproto2.Message):
 
 
 default_message_pool.register_message("edgeward.v1", "ApplyError", ApplyError)
+
+
+@dataclass(eq=False, repr=False)
+class AssignmentRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    node_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    why: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "AssignmentRequest", AssignmentRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -269,6 +352,64 @@ class CentralMessage(betterproto2.Message):
 
 
 default_message_pool.register_message("edgeward.v1", "CentralMessage", CentralMessage)
+
+
+@dataclass(eq=False, repr=False)
+class ClientConfigRequest(betterproto2.Message):
+    """
+    ---------------------------------------------------------------- client configs
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    node_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: every node the user is assigned to
+    """
+
+
+default_message_pool.register_message("edgeward.v1", "ClientConfigRequest", ClientConfigRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ClientConfigResponse(betterproto2.Message):
+    links: "list[ClientLink]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    subscription_url: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: no subscription endpoint or no token
+    """
+
+
+default_message_pool.register_message("edgeward.v1", "ClientConfigResponse", ClientConfigResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ClientLink(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    inbound_tag: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    engine: "Engine" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: Engine(0)
+    )
+
+    protocol: "Protocol" = betterproto2.field(
+        4, betterproto2.TYPE_ENUM, default_factory=lambda: Protocol(0)
+    )
+
+    uri: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    vless://, vmess://, trojan://, ss://
+    """
+
+    wireguard_conf: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    a wg-quick .conf
+    """
+
+
+default_message_pool.register_message("edgeward.v1", "ClientLink", ClientLink)
 
 
 @dataclass(eq=False, repr=False)
@@ -351,6 +492,77 @@ default_message_pool.register_message("edgeward.v1", "EnrollResponse", EnrollRes
 
 
 @dataclass(eq=False, repr=False)
+class ExplainNode(betterproto2.Message):
+    """
+    ---------------------------------------------------------------- explain
+    """
+
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    connected: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+    last_seen_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+
+    user_revision: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+    """
+    revision of the user's latest change on this node
+    """
+
+    applied_revision: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+    """
+    the node's last applied revision (0: unknown)
+    """
+
+    apply_error: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    what the node reported for this user, if anything
+    """
+
+    lease_bytes: "int | None" = betterproto2.field(7, betterproto2.TYPE_INT64, optional=True)
+    """
+    bytes the node may still let through offline
+    """
+
+    uplink_bytes: "int" = betterproto2.field(8, betterproto2.TYPE_UINT64)
+
+    downlink_bytes: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+
+    state: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
+    """
+    served, pending, failed, node-offline, revoked
+    """
+
+    detail: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "ExplainNode", ExplainNode)
+
+
+@dataclass(eq=False, repr=False)
+class ExplainResponse(betterproto2.Message):
+    user: "UserInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+
+    served: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+    reasons: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    """
+    why not served (or caveats when served)
+    """
+
+    nodes: "list[ExplainNode]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    summary: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+    recent_actions: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+    """
+    latest audit entries about the user
+    """
+
+
+default_message_pool.register_message("edgeward.v1", "ExplainResponse", ExplainResponse)
+
+
+@dataclass(eq=False, repr=False)
 class GetStatusRequest(betterproto2.Message):
     pass
 
@@ -367,6 +579,13 @@ class GetStatusResponse(betterproto2.Message):
     nodes_connected: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
 
     users_total: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+
+    caller: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    the admin name in the caller's certificate
+    """
+
+    caller_role: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
 
 
 default_message_pool.register_message("edgeward.v1", "GetStatusResponse", GetStatusResponse)
@@ -414,6 +633,149 @@ default_message_pool.register_message("edgeward.v1", "Hello", Hello)
 
 
 @dataclass(eq=False, repr=False)
+class ImportedUser(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    uuid: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: generated
+    """
+
+    password: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    trojan/shadowsocks secret; empty: generated
+    """
+
+    data_limit_bytes: "int | None" = betterproto2.field(4, betterproto2.TYPE_INT64, optional=True)
+
+    expires_at_ms: "int | None" = betterproto2.field(5, betterproto2.TYPE_INT64, optional=True)
+    """
+    may be in the past: the user is imported expired
+    """
+
+    used_bytes: "int" = betterproto2.field(6, betterproto2.TYPE_INT64)
+    """
+    counted against the data limit
+    """
+
+    disabled: "bool" = betterproto2.field(7, betterproto2.TYPE_BOOL)
+    """
+    imported suspended by admin
+    """
+
+    plan_id: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "ImportedUser", ImportedUser)
+
+
+@dataclass(eq=False, repr=False)
+class ImportUsersRequest(betterproto2.Message):
+    users: "list[ImportedUser]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    node_ids: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    assign every imported user to these nodes
+    """
+
+    validate_only: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+
+    source: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    for the audit log, e.g. "marzban:/path/db.sqlite3"
+    """
+
+
+default_message_pool.register_message("edgeward.v1", "ImportUsersRequest", ImportUsersRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ImportUsersResponse(betterproto2.Message):
+    imported: "int" = betterproto2.field(1, betterproto2.TYPE_UINT32)
+
+
+default_message_pool.register_message("edgeward.v1", "ImportUsersResponse", ImportUsersResponse)
+
+
+@dataclass(eq=False, repr=False)
+class InboundInfo(betterproto2.Message):
+    """
+    ---------------------------------------------------------------- nodes
+    """
+
+    tag: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    engine: "Engine" = betterproto2.field(
+        2, betterproto2.TYPE_ENUM, default_factory=lambda: Engine(0)
+    )
+
+    protocol: "Protocol" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: Protocol(0)
+    )
+
+    flow: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    cipher: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+    port: "int" = betterproto2.field(6, betterproto2.TYPE_UINT32)
+    """
+    the port clients connect to
+    """
+
+    network: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    How clients must connect (share links): transport and TLS settings.
+
+    tcp (default), ws, grpc
+    """
+
+    security: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    """
+    none (default), tls, reality
+    """
+
+    sni: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
+
+    path: "str" = betterproto2.field(10, betterproto2.TYPE_STRING)
+    """
+    ws path or grpc service name
+    """
+
+    host: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+    """
+    ws Host header
+    """
+
+    public_key: "str" = betterproto2.field(12, betterproto2.TYPE_STRING)
+    """
+    WireGuard interface public key; REALITY public key
+    """
+
+    short_id: "str" = betterproto2.field(13, betterproto2.TYPE_STRING)
+    """
+    REALITY short id
+    """
+
+    fingerprint: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
+    """
+    uTLS fingerprint
+    """
+
+    dns: "str" = betterproto2.field(15, betterproto2.TYPE_STRING)
+    """
+    WireGuard: DNS for the client's .conf
+    """
+
+    allowed_ips: "str" = betterproto2.field(16, betterproto2.TYPE_STRING)
+    """
+    WireGuard: routes for the client (default 0.0.0.0/0, ::/0)
+    """
+
+
+default_message_pool.register_message("edgeward.v1", "InboundInfo", InboundInfo)
+
+
+@dataclass(eq=False, repr=False)
 class Lease(betterproto2.Message):
     """
     Bytes a node may still let a user move while disconnected from central.
@@ -438,6 +800,59 @@ class LeaseGrant(betterproto2.Message):
 
 
 default_message_pool.register_message("edgeward.v1", "LeaseGrant", LeaseGrant)
+
+
+@dataclass(eq=False, repr=False)
+class ListNodesRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("edgeward.v1", "ListNodesRequest", ListNodesRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListNodesResponse(betterproto2.Message):
+    nodes: "list[NodeInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("edgeward.v1", "ListNodesResponse", ListNodesResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ListPlansRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("edgeward.v1", "ListPlansRequest", ListPlansRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListPlansResponse(betterproto2.Message):
+    plans: "list[PlanInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("edgeward.v1", "ListPlansResponse", ListPlansResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ListUsersRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    filters; empty: any
+    """
+
+    plan_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "ListUsersRequest", ListUsersRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListUsersResponse(betterproto2.Message):
+    users: "list[UserInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("edgeward.v1", "ListUsersResponse", ListUsersResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -470,6 +885,86 @@ class LocalDecisions(betterproto2.Message):
 
 
 default_message_pool.register_message("edgeward.v1", "LocalDecisions", LocalDecisions)
+
+
+@dataclass(eq=False, repr=False)
+class NodeInfo(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    public_address: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    inbounds: "list[InboundInfo]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    link: "NodeLink | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+
+    users_assigned: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+
+    revoked: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    """
+    every certificate of the node is revoked
+    """
+
+    uplink_bytes: "int" = betterproto2.field(7, betterproto2.TYPE_UINT64)
+
+    downlink_bytes: "int" = betterproto2.field(8, betterproto2.TYPE_UINT64)
+
+    created_at_ms: "int" = betterproto2.field(9, betterproto2.TYPE_INT64)
+
+
+default_message_pool.register_message("edgeward.v1", "NodeInfo", NodeInfo)
+
+
+@dataclass(eq=False, repr=False)
+class NodeLink(betterproto2.Message):
+    """
+    A node's stream as central sees it (in memory: reset when central restarts,
+    except last_seen_ms which is stored).
+    """
+
+    connected: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    software_version: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    last_seen_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    """
+    last message from the node; 0: never
+    """
+
+    connected_since_ms: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    acked_seq: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+    """
+    highest delta seq central committed
+    """
+
+    journal_head_seq: "int" = betterproto2.field(6, betterproto2.TYPE_UINT64)
+    """
+    highest seq the node reported having
+    """
+
+    outbox_lag: "int" = betterproto2.field(7, betterproto2.TYPE_UINT64)
+    """
+    journal_head_seq - acked_seq: deltas not yet committed
+    """
+
+    desired_revision: "int" = betterproto2.field(8, betterproto2.TYPE_UINT64)
+    """
+    central's revision of the node's desired state
+    """
+
+    applied_revision: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+    """
+    the last revision the node reported applied
+    """
+
+    users_desired: "int" = betterproto2.field(10, betterproto2.TYPE_UINT32)
+
+    users_applied: "int" = betterproto2.field(11, betterproto2.TYPE_UINT32)
+
+    apply_errors: "int" = betterproto2.field(12, betterproto2.TYPE_UINT32)
+
+
+default_message_pool.register_message("edgeward.v1", "NodeLink", NodeLink)
 
 
 @dataclass(eq=False, repr=False)
@@ -507,6 +1002,54 @@ class NodeMessage(betterproto2.Message):
 
 
 default_message_pool.register_message("edgeward.v1", "NodeMessage", NodeMessage)
+
+
+@dataclass(eq=False, repr=False)
+class NodeRef(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "NodeRef", NodeRef)
+
+
+@dataclass(eq=False, repr=False)
+class PlanInfo(betterproto2.Message):
+    """
+    ---------------------------------------------------------------- plans
+    """
+
+    plan_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    data_limit_bytes: "int | None" = betterproto2.field(2, betterproto2.TYPE_INT64, optional=True)
+    """
+    unset: unlimited
+    """
+
+    duration_days: "int | None" = betterproto2.field(3, betterproto2.TYPE_INT64, optional=True)
+    """
+    unset: never expires
+    """
+
+    engines: "list[Engine]" = betterproto2.field(4, betterproto2.TYPE_ENUM, repeated=True)
+    """
+    empty: every engine
+    """
+
+    users: "int" = betterproto2.field(5, betterproto2.TYPE_UINT32)
+    """
+    users on the plan (read only)
+    """
+
+
+default_message_pool.register_message("edgeward.v1", "PlanInfo", PlanInfo)
+
+
+@dataclass(eq=False, repr=False)
+class PlanRef(betterproto2.Message):
+    plan_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "PlanRef", PlanRef)
 
 
 @dataclass(eq=False, repr=False)
@@ -560,6 +1103,33 @@ default_message_pool.register_message("edgeward.v1", "RenewResponse", RenewRespo
 
 
 @dataclass(eq=False, repr=False)
+class RenewUserRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    expires_at_ms: "int | None" = betterproto2.field(2, betterproto2.TYPE_INT64, optional=True)
+    """
+    unset: now + the plan's duration
+    """
+
+    reset_usage: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+
+    why: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "RenewUserRequest", RenewUserRequest)
+
+
+@dataclass(eq=False, repr=False)
+class RevokeNodeRequest(betterproto2.Message):
+    node_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    reason: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "RevokeNodeRequest", RevokeNodeRequest)
+
+
+@dataclass(eq=False, repr=False)
 class StreamError(betterproto2.Message):
     code: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -567,6 +1137,46 @@ class StreamError(betterproto2.Message):
 
 
 default_message_pool.register_message("edgeward.v1", "StreamError", StreamError)
+
+
+@dataclass(eq=False, repr=False)
+class SubscriptionRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    revoke: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    revoke every token without issuing a new one
+    """
+
+
+default_message_pool.register_message("edgeward.v1", "SubscriptionRequest", SubscriptionRequest)
+
+
+@dataclass(eq=False, repr=False)
+class SuspendUserRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    suspended: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    false: resume
+    """
+
+    why: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "SuspendUserRequest", SuspendUserRequest)
+
+
+@dataclass(eq=False, repr=False)
+class TopUpUserRequest(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    extra_bytes: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    why: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "TopUpUserRequest", TopUpUserRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -645,6 +1255,122 @@ class UsageBatch(betterproto2.Message):
 
 
 default_message_pool.register_message("edgeward.v1", "UsageBatch", UsageBatch)
+
+
+@dataclass(eq=False, repr=False)
+class UsageRequest(betterproto2.Message):
+    """
+    ---------------------------------------------------------------- usage
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    filters; empty: any
+    """
+
+    node_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    since_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    """
+    0: from the beginning
+    """
+
+    until_ms: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+    """
+    0: up to now
+    """
+
+    group_by: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    user (default), node, hour, day
+    """
+
+
+default_message_pool.register_message("edgeward.v1", "UsageRequest", UsageRequest)
+
+
+@dataclass(eq=False, repr=False)
+class UsageResponse(betterproto2.Message):
+    rows: "list[UsageRow]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    uplink_bytes: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+    downlink_bytes: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("edgeward.v1", "UsageResponse", UsageResponse)
+
+
+@dataclass(eq=False, repr=False)
+class UsageRow(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    set when grouped by user
+    """
+
+    node_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    set when grouped by node
+    """
+
+    period_start_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    """
+    set when grouped by hour or day
+    """
+
+    uplink_bytes: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+    downlink_bytes: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("edgeward.v1", "UsageRow", UsageRow)
+
+
+@dataclass(eq=False, repr=False)
+class UserInfo(betterproto2.Message):
+    """
+    ---------------------------------------------------------------- users
+    """
+
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    plan_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    data_limit_bytes: "int | None" = betterproto2.field(3, betterproto2.TYPE_INT64, optional=True)
+
+    expires_at_ms: "int | None" = betterproto2.field(4, betterproto2.TYPE_INT64, optional=True)
+
+    admin_suspended: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+
+    enforced_reason: "Reason" = betterproto2.field(
+        6, betterproto2.TYPE_ENUM, default_factory=lambda: Reason(0)
+    )
+
+    uplink_bytes: "int" = betterproto2.field(7, betterproto2.TYPE_UINT64)
+
+    downlink_bytes: "int" = betterproto2.field(8, betterproto2.TYPE_UINT64)
+
+    quota_used_bytes: "int" = betterproto2.field(9, betterproto2.TYPE_UINT64)
+
+    node_ids: "list[str]" = betterproto2.field(10, betterproto2.TYPE_STRING, repeated=True)
+
+    uuid: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+    """
+    operator and admin only (a credential)
+    """
+
+
+default_message_pool.register_message("edgeward.v1", "UserInfo", UserInfo)
+
+
+@dataclass(eq=False, repr=False)
+class UserRef(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    why: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("edgeward.v1", "UserRef", UserRef)
 
 
 @dataclass(eq=False, repr=False)
@@ -734,6 +1460,437 @@ class AdminServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def add_node(
+        self,
+        message: "AddNodeRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "NodeInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/AddNode",
+            message,
+            NodeInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_nodes(
+        self,
+        message: "ListNodesRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListNodesResponse":
+
+        if message is None:
+            message = ListNodesRequest()
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/ListNodes",
+            message,
+            ListNodesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_node(
+        self,
+        message: "NodeRef",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "NodeInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/GetNode",
+            message,
+            NodeInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def revoke_node(
+        self,
+        message: "RevokeNodeRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "NodeInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/RevokeNode",
+            message,
+            NodeInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def assign(
+        self,
+        message: "AssignmentRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UserInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/Assign",
+            message,
+            UserInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def unassign(
+        self,
+        message: "AssignmentRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UserInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/Unassign",
+            message,
+            UserInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def add_plan(
+        self,
+        message: "PlanInfo",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "PlanInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/AddPlan",
+            message,
+            PlanInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_plans(
+        self,
+        message: "ListPlansRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListPlansResponse":
+
+        if message is None:
+            message = ListPlansRequest()
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/ListPlans",
+            message,
+            ListPlansResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_plan(
+        self,
+        message: "PlanRef",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "PlanInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/GetPlan",
+            message,
+            PlanInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_plan(
+        self,
+        message: "PlanRef",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "PlanInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/DeletePlan",
+            message,
+            PlanInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def add_user(
+        self,
+        message: "AddUserRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UserInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/AddUser",
+            message,
+            UserInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_users(
+        self,
+        message: "ListUsersRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListUsersResponse":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/ListUsers",
+            message,
+            ListUsersResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_user(
+        self,
+        message: "UserRef",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UserInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/GetUser",
+            message,
+            UserInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def renew_user(
+        self,
+        message: "RenewUserRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UserInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/RenewUser",
+            message,
+            UserInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def top_up_user(
+        self,
+        message: "TopUpUserRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UserInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/TopUpUser",
+            message,
+            UserInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def suspend_user(
+        self,
+        message: "SuspendUserRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UserInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/SuspendUser",
+            message,
+            UserInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def reissue_user(
+        self,
+        message: "UserRef",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UserInfo":
+        """
+        New credentials (UUID, password, WireGuard keys, subscription token); every
+        node serving the user gets the change, so the old credentials stop working.
+        """
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/ReissueUser",
+            message,
+            UserInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_user(
+        self,
+        message: "UserRef",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UserInfo":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/DeleteUser",
+            message,
+            UserInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def import_users(
+        self,
+        message: "ImportUsersRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ImportUsersResponse":
+        """
+        All or nothing per call; validate_only checks the whole set and writes nothing.
+        """
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/ImportUsers",
+            message,
+            ImportUsersResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_usage(
+        self,
+        message: "UsageRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "UsageResponse":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/GetUsage",
+            message,
+            UsageResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def explain(
+        self,
+        message: "UserRef",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ExplainResponse":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/Explain",
+            message,
+            ExplainResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_client_config(
+        self,
+        message: "ClientConfigRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ClientConfigResponse":
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/GetClientConfig",
+            message,
+            ClientConfigResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def rotate_subscription(
+        self,
+        message: "SubscriptionRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ClientConfigResponse":
+        """
+        A fresh subscription token (the old ones stop working), or with revoke only
+        the revocation.
+        """
+
+        return await self._unary_unary(
+            "/edgeward.v1.AdminService/RotateSubscription",
+            message,
+            ClientConfigResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class NodeServiceStub(betterproto2_grpclib.ServiceStub):
     async def stream(
@@ -788,12 +1945,285 @@ class AdminServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def add_node(self, message: "AddNodeRequest") -> "NodeInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_nodes(self, message: "ListNodesRequest") -> "ListNodesResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_node(self, message: "NodeRef") -> "NodeInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def revoke_node(self, message: "RevokeNodeRequest") -> "NodeInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def assign(self, message: "AssignmentRequest") -> "UserInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def unassign(self, message: "AssignmentRequest") -> "UserInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def add_plan(self, message: "PlanInfo") -> "PlanInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_plans(self, message: "ListPlansRequest") -> "ListPlansResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_plan(self, message: "PlanRef") -> "PlanInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_plan(self, message: "PlanRef") -> "PlanInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def add_user(self, message: "AddUserRequest") -> "UserInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_users(self, message: "ListUsersRequest") -> "ListUsersResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_user(self, message: "UserRef") -> "UserInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def renew_user(self, message: "RenewUserRequest") -> "UserInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def top_up_user(self, message: "TopUpUserRequest") -> "UserInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def suspend_user(self, message: "SuspendUserRequest") -> "UserInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def reissue_user(self, message: "UserRef") -> "UserInfo":
+        """
+        New credentials (UUID, password, WireGuard keys, subscription token); every
+        node serving the user gets the change, so the old credentials stop working.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_user(self, message: "UserRef") -> "UserInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def import_users(self, message: "ImportUsersRequest") -> "ImportUsersResponse":
+        """
+        All or nothing per call; validate_only checks the whole set and writes nothing.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_usage(self, message: "UsageRequest") -> "UsageResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def explain(self, message: "UserRef") -> "ExplainResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_client_config(self, message: "ClientConfigRequest") -> "ClientConfigResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def rotate_subscription(self, message: "SubscriptionRequest") -> "ClientConfigResponse":
+        """
+        A fresh subscription token (the old ones stop working), or with revoke only
+        the revocation.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_get_status(
         self, stream: "grpclib.server.Stream[GetStatusRequest, GetStatusResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.get_status(request)
+        await stream.send_message(response)
+
+    async def __rpc_add_node(
+        self, stream: "grpclib.server.Stream[AddNodeRequest, NodeInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.add_node(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_nodes(
+        self, stream: "grpclib.server.Stream[ListNodesRequest, ListNodesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_nodes(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_node(self, stream: "grpclib.server.Stream[NodeRef, NodeInfo]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_node(request)
+        await stream.send_message(response)
+
+    async def __rpc_revoke_node(
+        self, stream: "grpclib.server.Stream[RevokeNodeRequest, NodeInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.revoke_node(request)
+        await stream.send_message(response)
+
+    async def __rpc_assign(
+        self, stream: "grpclib.server.Stream[AssignmentRequest, UserInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.assign(request)
+        await stream.send_message(response)
+
+    async def __rpc_unassign(
+        self, stream: "grpclib.server.Stream[AssignmentRequest, UserInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.unassign(request)
+        await stream.send_message(response)
+
+    async def __rpc_add_plan(self, stream: "grpclib.server.Stream[PlanInfo, PlanInfo]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.add_plan(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_plans(
+        self, stream: "grpclib.server.Stream[ListPlansRequest, ListPlansResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_plans(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_plan(self, stream: "grpclib.server.Stream[PlanRef, PlanInfo]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_plan(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_plan(self, stream: "grpclib.server.Stream[PlanRef, PlanInfo]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_plan(request)
+        await stream.send_message(response)
+
+    async def __rpc_add_user(
+        self, stream: "grpclib.server.Stream[AddUserRequest, UserInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.add_user(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_users(
+        self, stream: "grpclib.server.Stream[ListUsersRequest, ListUsersResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_users(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_user(self, stream: "grpclib.server.Stream[UserRef, UserInfo]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_user(request)
+        await stream.send_message(response)
+
+    async def __rpc_renew_user(
+        self, stream: "grpclib.server.Stream[RenewUserRequest, UserInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.renew_user(request)
+        await stream.send_message(response)
+
+    async def __rpc_top_up_user(
+        self, stream: "grpclib.server.Stream[TopUpUserRequest, UserInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.top_up_user(request)
+        await stream.send_message(response)
+
+    async def __rpc_suspend_user(
+        self, stream: "grpclib.server.Stream[SuspendUserRequest, UserInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.suspend_user(request)
+        await stream.send_message(response)
+
+    async def __rpc_reissue_user(self, stream: "grpclib.server.Stream[UserRef, UserInfo]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.reissue_user(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_user(self, stream: "grpclib.server.Stream[UserRef, UserInfo]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_user(request)
+        await stream.send_message(response)
+
+    async def __rpc_import_users(
+        self, stream: "grpclib.server.Stream[ImportUsersRequest, ImportUsersResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.import_users(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_usage(
+        self, stream: "grpclib.server.Stream[UsageRequest, UsageResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_usage(request)
+        await stream.send_message(response)
+
+    async def __rpc_explain(
+        self, stream: "grpclib.server.Stream[UserRef, ExplainResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.explain(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_client_config(
+        self, stream: "grpclib.server.Stream[ClientConfigRequest, ClientConfigResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_client_config(request)
+        await stream.send_message(response)
+
+    async def __rpc_rotate_subscription(
+        self, stream: "grpclib.server.Stream[SubscriptionRequest, ClientConfigResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.rotate_subscription(request)
         await stream.send_message(response)
 
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
@@ -803,6 +2233,144 @@ class AdminServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 GetStatusRequest,
                 GetStatusResponse,
+            ),
+            "/edgeward.v1.AdminService/AddNode": grpclib.const.Handler(
+                self.__rpc_add_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AddNodeRequest,
+                NodeInfo,
+            ),
+            "/edgeward.v1.AdminService/ListNodes": grpclib.const.Handler(
+                self.__rpc_list_nodes,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListNodesRequest,
+                ListNodesResponse,
+            ),
+            "/edgeward.v1.AdminService/GetNode": grpclib.const.Handler(
+                self.__rpc_get_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                NodeRef,
+                NodeInfo,
+            ),
+            "/edgeward.v1.AdminService/RevokeNode": grpclib.const.Handler(
+                self.__rpc_revoke_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RevokeNodeRequest,
+                NodeInfo,
+            ),
+            "/edgeward.v1.AdminService/Assign": grpclib.const.Handler(
+                self.__rpc_assign,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AssignmentRequest,
+                UserInfo,
+            ),
+            "/edgeward.v1.AdminService/Unassign": grpclib.const.Handler(
+                self.__rpc_unassign,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AssignmentRequest,
+                UserInfo,
+            ),
+            "/edgeward.v1.AdminService/AddPlan": grpclib.const.Handler(
+                self.__rpc_add_plan,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                PlanInfo,
+                PlanInfo,
+            ),
+            "/edgeward.v1.AdminService/ListPlans": grpclib.const.Handler(
+                self.__rpc_list_plans,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListPlansRequest,
+                ListPlansResponse,
+            ),
+            "/edgeward.v1.AdminService/GetPlan": grpclib.const.Handler(
+                self.__rpc_get_plan,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                PlanRef,
+                PlanInfo,
+            ),
+            "/edgeward.v1.AdminService/DeletePlan": grpclib.const.Handler(
+                self.__rpc_delete_plan,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                PlanRef,
+                PlanInfo,
+            ),
+            "/edgeward.v1.AdminService/AddUser": grpclib.const.Handler(
+                self.__rpc_add_user,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AddUserRequest,
+                UserInfo,
+            ),
+            "/edgeward.v1.AdminService/ListUsers": grpclib.const.Handler(
+                self.__rpc_list_users,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListUsersRequest,
+                ListUsersResponse,
+            ),
+            "/edgeward.v1.AdminService/GetUser": grpclib.const.Handler(
+                self.__rpc_get_user,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UserRef,
+                UserInfo,
+            ),
+            "/edgeward.v1.AdminService/RenewUser": grpclib.const.Handler(
+                self.__rpc_renew_user,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RenewUserRequest,
+                UserInfo,
+            ),
+            "/edgeward.v1.AdminService/TopUpUser": grpclib.const.Handler(
+                self.__rpc_top_up_user,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                TopUpUserRequest,
+                UserInfo,
+            ),
+            "/edgeward.v1.AdminService/SuspendUser": grpclib.const.Handler(
+                self.__rpc_suspend_user,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SuspendUserRequest,
+                UserInfo,
+            ),
+            "/edgeward.v1.AdminService/ReissueUser": grpclib.const.Handler(
+                self.__rpc_reissue_user,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UserRef,
+                UserInfo,
+            ),
+            "/edgeward.v1.AdminService/DeleteUser": grpclib.const.Handler(
+                self.__rpc_delete_user,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UserRef,
+                UserInfo,
+            ),
+            "/edgeward.v1.AdminService/ImportUsers": grpclib.const.Handler(
+                self.__rpc_import_users,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ImportUsersRequest,
+                ImportUsersResponse,
+            ),
+            "/edgeward.v1.AdminService/GetUsage": grpclib.const.Handler(
+                self.__rpc_get_usage,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UsageRequest,
+                UsageResponse,
+            ),
+            "/edgeward.v1.AdminService/Explain": grpclib.const.Handler(
+                self.__rpc_explain,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UserRef,
+                ExplainResponse,
+            ),
+            "/edgeward.v1.AdminService/GetClientConfig": grpclib.const.Handler(
+                self.__rpc_get_client_config,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ClientConfigRequest,
+                ClientConfigResponse,
+            ),
+            "/edgeward.v1.AdminService/RotateSubscription": grpclib.const.Handler(
+                self.__rpc_rotate_subscription,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SubscriptionRequest,
+                ClientConfigResponse,
             ),
         }
 

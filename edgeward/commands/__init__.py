@@ -1,0 +1,1 @@
+"""The `edgeward` CLI's command groups, one module per noun."""

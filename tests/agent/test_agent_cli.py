@@ -107,14 +107,20 @@ def test_run_serves_from_the_journal_notifies_systemd_reloads_and_stops(tmp_path
     notify.bind(notify_path)
     notify.settimeout(WAIT)
     env = {**os.environ, "NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "1000000"}
-    process = subprocess.Popen(
-        [*AGENT, "run", "--config", str(path)], env=env, stderr=subprocess.PIPE, text=True
-    )
+    log_path = tmp_path / "agent.log"  # a file, not a pipe nobody reads while it runs
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [*AGENT, "run", "--config", str(path)], env=env, stderr=log, stdout=log
+        )
 
     def until(prefix: str) -> list[str]:
-        seen = [notify.recv(4096).decode()]
-        while not seen[-1].startswith(prefix) and len(seen) < 50:
+        seen: list[str] = []
+        try:
             seen.append(notify.recv(4096).decode())
+            while not seen[-1].startswith(prefix) and len(seen) < 50:
+                seen.append(notify.recv(4096).decode())
+        except TimeoutError:
+            raise AssertionError(f"no {prefix} after {seen}: {log_path.read_text()}") from None
         assert seen[-1].startswith(prefix), seen
         return seen
 
@@ -155,8 +161,7 @@ def test_run_serves_from_the_journal_notifies_systemd_reloads_and_stops(tmp_path
             process.kill()
             process.wait()
         notify.close()
-    stderr = process.stderr.read()
-    process.stderr.close()
+    stderr = log_path.read_text()
     assert code == 0, stderr
     assert "reload refused, keeping the running config" in stderr
     assert "<6>edgeward.agent.daemon: stopped" in stderr  # journald priority prefix

@@ -32,7 +32,7 @@ from .control import serve_control
 from .core_driver import CoreDriver
 from .core_flavor import flavor_by_name
 from .core_sync import CoreSync, Epoch, PassReport
-from .deltas import ENGINE_PROXY
+from .deltas import ENGINE_PROXY, ENGINE_WIREGUARD
 from .journal import Journal
 from .node import Node, crashpoint, wall_ms
 from .sampler import RoundReport, Sampler
@@ -239,8 +239,24 @@ async def serve(
                 from .wireguard import WireGuard
 
                 wg = WireGuard()
+
+                async def on_wg_pass(report: Any) -> None:
+                    # WgSync keeps the (interface, public key) pairs the devices hold.
+                    held = getattr(wg_sync, "_held", set())
+                    owners = {p.key: u.user_id for u in node.desired.users for p in u.wireguard}
+                    users: dict[str, list[str]] = {}
+                    for key in held:
+                        if key in owners:
+                            users.setdefault(owners[key], []).append(f"{key[0]}/{key[1]}")
+                    await node.record_applied(
+                        ENGINE_WIREGUARD, {u: sorted(v) for u, v in users.items()}
+                    )
+
                 wg_sync = WgSync(
-                    wg, desired=node.effective(), interfaces=config.wireguard.interfaces
+                    wg,
+                    desired=node.effective(),
+                    interfaces=config.wireguard.interfaces,
+                    on_pass=on_wg_pass,
                 )
                 node.subscribe(wg_sync.set_desired)
 

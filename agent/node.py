@@ -28,7 +28,7 @@ import trio
 
 from edgeward.proto import v1
 
-from .deltas import ENGINE_PROXY, Sample
+from .deltas import ENGINES, Sample
 from .journal import EnforcementState, Journal, Lease, LocalDecision
 from .local_enforcement import LOCAL_REASONS, decide, effective_desired
 from .model import (
@@ -179,7 +179,7 @@ class Node:
                 node.desired = DesiredState(revision, node.desired.users)
         node.enforcement = await journal.enforcement()
         node.leases = await journal.leases()
-        node.applied = {ENGINE_PROXY: await journal.applied(ENGINE_PROXY)}
+        node.applied = {engine: await journal.applied(engine) for engine in ENGINES}
         await node._check_local_locked()  # expiries that passed while the agent was down
         node._effective = node._compute_effective()
         return node

@@ -85,9 +85,10 @@ async def test_wireguard_user_from_central_is_served_counted_and_suspended(tmp_p
                 return user.uplink_bytes + user.downlink_bytes == device_bytes() > 5000
 
             await wait_for(central_equals_device, "central's total to equal the device's")
-            assert daemon.node.explain("alice")["desired"]["wireguard"] == [
-                f"{a.iface}/{alice.wg_public_key}"
-            ]
+            explained = daemon.node.explain("alice")
+            peer = f"{a.iface}/{alice.wg_public_key}"
+            assert explained["desired"]["wireguard"] == [peer]
+            assert explained["applied"] == {"proxy": None, "wireguard": [peer]}
             await central_call(central, storage.set_suspended, "alice", True, actor=ADMIN,
                                why="test")  # fmt: skip
             await wait_for(

@@ -92,9 +92,7 @@ def status(ctx, as_json) -> None:
 @click.pass_context
 def completion(ctx, shell) -> None:
     """Print the shell completion script, e.g. `eval "$(edgeward completion bash)"`."""
-    root = ctx.find_root()
     cls = get_completion_class(shell)
     assert cls is not None
-    name = root.info_name or "edgeward"
-    var = f"_{name.replace('-', '_').upper()}_COMPLETE"
-    click.echo(cls(root.command, {}, name, var).source())
+    # The installed program's name, whatever this process was started as.
+    click.echo(cls(ctx.find_root().command, {}, "edgeward", "_EDGEWARD_COMPLETE").source())

@@ -1,18 +1,21 @@
 """How the fleet tells central about nodes, plans and users.
 
-`StorageAdmin` writes through central's own storage layer (central/admin.py,
-one transaction per change, the same validation) on central's database file.
-It is the bridge used until the admin CLI can do each of these through
-central's AdminService: a change written here reaches a node that is already
-connected only when its stream restarts (central's change notifications live
-in central's process), so the fleet registers nodes and the first users
-before the agents connect.
+`CliAdmin` is the operator's way: the `edgeward` command line with the fleet's
+admin certificate (central's AdminService over mTLS), so every change reaches
+connected nodes at once. `StorageAdmin` is the fallback for an edgeward without
+the admin commands: it writes through central's own storage layer (one
+transaction per change, the same validation) on central's database file, and a
+change written that way reaches a node that is already connected only when its
+stream restarts (central's change notifications live in central's process), so
+the fleet registers nodes and the first users before the agents connect.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
 import threading
 from collections.abc import Callable, Coroutine
 from contextlib import closing
@@ -29,6 +32,7 @@ from edgeward.proto import v1
 from .layout import WG_POOL, FleetLayout, NodeLayout
 
 ACTOR = "devfleet"
+CONFLICT_EXIT = 4  # edgeward's exit code for "already exists"
 T = TypeVar("T")
 
 
@@ -136,3 +140,81 @@ def user_secrets(database: Path, user_id: str) -> UserSecrets:
     if row is None:
         raise KeyError(f"no user {user_id!r} in {database}")
     return UserSecrets(*row)
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def admin_cli_available() -> bool:
+    """The installed `edgeward` has the admin commands (users, plans, nodes)."""
+    from .tools import tool
+
+    proc = subprocess.run([tool("edgeward"), "--help"], capture_output=True, text=True,
+                          timeout=30, check=False)  # fmt: skip
+    return all(f"  {group} " in proc.stdout for group in ("users", "plans", "nodes"))
+
+
+def admin_toml(layout: FleetLayout) -> str:
+    return (
+        f'central = "{layout.central_endpoint}"\n'
+        f'cert = "{layout.central_dir / "admin.crt"}"\n'
+        f'key = "{layout.central_dir / "admin.key"}"\n'
+        f'ca = "{layout.pki_dir / "ca.crt"}"\n'
+    )
+
+
+class CliAdmin:
+    """`edgeward --config FLEET/admin.toml ...`, as an operator would type it."""
+
+    def __init__(self, layout: FleetLayout) -> None:
+        self.layout = layout
+
+    @property
+    def config(self) -> Path:
+        return self.layout.dir / "admin.toml"
+
+    def edgeward(self, *args: str) -> tuple[int, str]:
+        from .tools import tool
+
+        proc = subprocess.run(
+            [tool("edgeward"), "--config", str(self.config), *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if proc.returncode not in (0, CONFLICT_EXIT):
+            raise RuntimeError(f"edgeward {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.returncode, proc.stdout
+
+    def add_node(self, node: NodeLayout) -> bool:
+        from .layout import INBOUND_PORTS, WG_PORT
+        from .nodes import ensure_wg_key
+
+        inbounds = [
+            f"tag={tag},protocol={tag.removesuffix('-in')},port={port}"
+            for tag, port in INBOUND_PORTS.items()
+        ]
+        public_key = ensure_wg_key(node.wg_key)
+        inbounds.append(f"tag={node.wg_iface},protocol=wireguard,port={WG_PORT},"
+                        f"public_key={public_key}")  # fmt: skip
+        args = ["nodes", "add", node.node_id, "--address", node.address]
+        for inbound in inbounds:
+            args += ["--inbound", inbound]
+        return self.edgeward(*args)[0] == 0
+
+    def add_plan(self, plan_id: str, limit_bytes: int | None, days: int | None) -> bool:
+        args = ["plans", "add", plan_id]
+        if limit_bytes is not None:
+            args += ["--data-limit", str(limit_bytes)]
+        if days is not None:
+            args += ["--duration", str(days)]
+        return self.edgeward(*args)[0] == 0
+
+    def add_user(self, user_id: str, plan_id: str | None, node_ids: list[str]) -> dict:
+        args = ["users", "add", user_id, "--json"]
+        if plan_id is not None:
+            args += ["--plan", plan_id]
+        for node_id in node_ids:
+            args += ["--node", node_id]
+        code, out = self.edgeward(*args)
+        if code == CONFLICT_EXIT:
+            out = self.edgeward("users", "show", user_id, "--json")[1]
+        return json.loads(out)

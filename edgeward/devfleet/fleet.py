@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import netns
-from .admin import StorageAdmin
+from .admin import CliAdmin, StorageAdmin, admin_cli_available, admin_toml
 from .layout import BLOB_PORT, CENTRAL_PORT, FleetLayout, NodeLayout, central_toml
 from .nodes import (
     agent_commands,
@@ -67,7 +67,10 @@ class Fleet:
     ) -> None:
         self.layout = layout
         self.procs = Processes(layout.run_dir)
-        self.admin = StorageAdmin(layout)
+        # The operator's CLI when this edgeward has it; central's storage otherwise.
+        self.admin: CliAdmin | StorageAdmin = (
+            CliAdmin(layout) if admin_cli_available() else StorageAdmin(layout)
+        )
         self.sample_interval = sample_interval
         self.say: Say = say or (lambda _text: None)
 
@@ -84,9 +87,9 @@ class Fleet:
                  f"namespaces {', '.join(layout.namespaces())}")  # fmt: skip
         netns.build(layout)
         self._pki()
-        for node in layout.nodes:
-            self.admin.add_node(node)  # before central serves: nodes must be known
         self.start_central()
+        for node in layout.nodes:
+            self.admin.add_node(node)  # before its agent connects: central refuses strangers
         self.start_blob_server()
         for node in layout.nodes:
             self.say(f"{node.node_id}: v2ray core and wireguard-go {node.wg_iface} in {node.ns}")
@@ -110,6 +113,10 @@ class Fleet:
         if not (layout.pki_dir / "ca.crt").exists():
             self.say(f"pki: new CA in {layout.pki_dir}")
             self._edgeward(*ca, "init", "--name", f"edgeward-fleet-{layout.name}")
+        if not (layout.central_dir / "admin.crt").exists():
+            self._edgeward(*ca, "issue-admin", "admin", "--role", "admin",
+                           "--out-dir", str(layout.central_dir))  # fmt: skip
+            (layout.dir / "admin.toml").write_text(admin_toml(layout))
         if not (layout.central_dir / "server.crt").exists():
             self._edgeward(*ca, "issue-server", "server", "--host", layout.central_address,
                            "--out-dir", str(layout.central_dir))  # fmt: skip

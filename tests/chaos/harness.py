@@ -26,7 +26,7 @@ from edgeward.devfleet.admin import user_secrets
 from edgeward.devfleet.corestats import CoreReading, read_core
 from edgeward.devfleet.fleet import Fleet
 from edgeward.devfleet.layout import BLOB_PORT, NodeLayout, make_layout
-from edgeward.devfleet.nodes import start_core
+from edgeward.devfleet.nodes import agent_status, start_core
 from edgeward.devfleet.traffic import Flow, Traffic
 
 from .ledger import LedgerRow, Run, Verdict, judge, summary_line
@@ -191,8 +191,20 @@ class Chaos:
         while True:
             verdict = judge(runs, *read_ledger(self.fleet.layout.central_db))
             if verdict.exact or time.monotonic() > deadline:
-                return verdict
+                break
             time.sleep(0.5)
+        for node in self.fleet.layout.nodes:
+            if not self.fleet.procs.alive(f"agent-{node.node_id}"):
+                verdict.problems.append(f"the agent of {node.node_id} is not running at the end")
+        if not verdict.exact:
+            self.diagnose()
+        return verdict
+
+    def diagnose(self) -> None:
+        """What the agents say and their last log lines (the fleet is removed after)."""
+        for node in self.fleet.layout.nodes:
+            self.say(f"--- {node.node_id}: status {agent_status(node)}")
+            self.say(self.fleet.procs.tail(f"agent-{node.node_id}", 3000))
 
 
 def run_chaos(

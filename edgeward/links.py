@@ -184,8 +184,9 @@ def parse_link(uri: str) -> ParsedLink:
     if scheme == "vmess":
         try:
             body = json.loads(_b64decode_loose(rest))
-        except json.JSONDecodeError as e:
-            raise LinkError(f"vmess link body is not JSON: {e}") from None
+            body["id"], body["add"], int(body["port"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise LinkError(f"vmess link body is not v2rayN JSON: {e!r}") from None
         params = {
             "type": body.get("net", "tcp"), "security": body.get("tls") or "none",
             "sni": body.get("sni", ""), "path": body.get("path", ""),

@@ -252,6 +252,20 @@ class Node:
     async def _store_desired(self, state: DesiredState) -> None:
         await self.journal.set_desired(state.revision, bytes(desired_to_wire(state)))
         self.desired = state
+        # Central's desired state is its truth: a suspension it commanded earlier
+        # but no longer holds (its resume was sent while this node was away) ends.
+        now = self.clock()
+        lifted = [
+            EnforcementState(user.user_id, False, current.reason, now)
+            for user in state.users
+            if not user.suspended
+            and (current := self.enforcement.get(user.user_id)) is not None
+            and current.suspended
+            and current.reason not in LOCAL_REASONS
+        ]
+        if lifted:
+            await self.journal.set_enforcement(lifted)
+            self.enforcement = await self.journal.enforcement()
         await self._check_local_locked()
         self._publish()
 

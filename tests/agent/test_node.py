@@ -182,3 +182,22 @@ async def test_compaction_merges_unsent_deltas_and_keeps_every_byte(tmp_path):
         assert await node.compact_outbox() == 98
         assert await journal.outbox_totals() == before
         assert (await journal.outbox_stats()).rows == 2
+
+
+async def test_a_central_suspension_whose_resume_was_missed_ends_with_the_next_snapshot(tmp_path):
+    node, pushed = await loaded(tmp_path)
+    suspend = v1.Command(user_id="alice", action=v1.Action.SUSPEND, reason=v1.Reason.QUOTA)
+    await node.apply_enforcement(v1.Enforcement(commands=[suspend]))
+    assert pushed[-1].user("alice").suspended
+    # Central resumed alice while this node was away; on reconnect its snapshot
+    # (alice not suspended) is the truth.
+    await node.apply_snapshot(v1.DesiredSnapshot(revision=4, users=[spec("alice")]))
+    assert not pushed[-1].user("alice").suspended
+    assert node.explain("alice")["served"]
+    assert not (await node.journal.enforcement())["alice"].suspended
+    # A suspension the snapshot itself carries stays.
+    suspended = spec("alice")
+    suspended.suspended, suspended.suspended_reason = True, v1.Reason.QUOTA
+    await node.apply_snapshot(v1.DesiredSnapshot(revision=5, users=[suspended]))
+    assert pushed[-1].user("alice").suspended
+    await node.journal.aclose()

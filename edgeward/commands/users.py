@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -229,9 +230,7 @@ def import_(ctx, path, fmt, nodes, plan, dry_run, as_json) -> None:
 
         async def send_all(stub: v1.AdminServiceStub) -> int:
             done = 0
-            with click.progressbar(
-                length=len(rows), label="importing", file=click.get_text_stream("stderr")
-            ) as bar:
+            with click.progressbar(length=len(rows), label="importing", file=sys.stderr) as bar:
                 for batch in batches:
                     done += (await stub.import_users(request(batch, False))).imported
                     bar.update(len(batch))

@@ -328,10 +328,18 @@ class Node:
             self.enforcement = await self.journal.enforcement()
             self._publish()
 
-    async def grant_leases(self, grant: v1.LeaseGrant) -> int:
+    async def grant_leases(self, grant: v1.LeaseGrant, *, complete: bool = False) -> int:
+        """Take new leases. complete: the grant holds every lease central wants this
+        node to have (the one after a connection's snapshot); others are dropped."""
         grants = check_leases(grant.leases)
         async with self._lock:
             taken = await self.journal.grant_leases(grants)
+            if complete:
+                granted = {user_id for user_id, _, _ in grants}
+                stale = [u for u in self.leases if u not in granted]
+                if stale:
+                    await self.journal.drop_leases(stale)
+                    log.info("leases central no longer grants dropped: %s", ", ".join(stale))
             self.leases = await self.journal.leases()
             await self._check_local_locked()
             self._publish()

@@ -146,6 +146,8 @@ class Uplink:
         self._renew_key: bytes | None = None
         self._stopping = False
         self._welcomed = False
+        self._snapshots = 0  # snapshots seen on this connection
+        self._leases_pending = False  # the connection's full lease grant may follow
 
     # ------------------------------------------------------------ the loop
 
@@ -265,6 +267,8 @@ class Uplink:
             self.status.sessions += 1
             self.status.connected_since_ms = _now_ms()
             self._heartbeats_sent = self._heartbeats_answered = 0
+            self._snapshots = 0
+            self._leases_pending = False
             self._decisions_waiting = None
             self._last_report = None
             log.info("connected to central %s as %s", central.address, self.config.node_id)
@@ -333,10 +337,21 @@ class Uplink:
     async def _on_message(self, stream: BidiStream, message: v1.CentralMessage) -> None:
         kind, body = betterproto2.which_one_of(message, "kind")
         try:
+            if self._leases_pending and kind != "snapshot":
+                # Central sends every lease it grants right after the connection's
+                # snapshot, or none: what the node holds beyond that is stale (a
+                # limit lifted, a user moved away) and must not suspend anyone.
+                self._leases_pending = False
+                complete = body if kind == "leases" else v1.LeaseGrant()
+                await self.node.grant_leases(complete, complete=True)
+                if kind == "leases":
+                    return
             if kind == "ack":
                 await self._ack(body.acked_seq)
             elif kind == "snapshot":
                 await self.node.apply_snapshot(body)
+                self._leases_pending = self._snapshots == 0
+                self._snapshots += 1
                 log.info(
                     "desired state: snapshot rev %d (%d users)", body.revision, len(body.users)
                 )

@@ -220,3 +220,33 @@ async def test_missing_certificate_is_named_with_what_to_do(tmp_path, central):
             assert f"node certificate {missing} does not exist" in uplink.status.last_error
             assert "edgeward-agent enroll" in uplink.status.last_error
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("central_grants_others", [True, False])
+async def test_leases_central_no_longer_grants_are_dropped_on_connect(
+    tmp_path, central, central_grants_others
+):
+    from edgeward.proto import v1
+
+    storage = central.storage
+    # alice has no data limit on central (any more); the node still holds a spent lease.
+    await central_call(central, storage.create_user, "alice", actor=ADMIN, node_ids=["node-a"])
+    limit = 10**6 if central_grants_others else None  # without: central sends no grant at all
+    await central_call(central, storage.create_user, "bob", actor=ADMIN,
+                       data_limit_bytes=limit, node_ids=["node-a"])  # fmt: skip
+    config = node_config(tmp_path, central.pki, central.address)
+    async with open_journal(Path(config.state_dir) / "journal.sqlite") as journal:
+        node = await Node.load(journal)
+        snapshot = v1.DesiredSnapshot(revision=1, users=[v1.UserSpec(user_id="alice")])
+        await node.apply_snapshot(snapshot)
+        await node.grant_leases(v1.LeaseGrant(leases=[v1.Lease(user_id="alice", bytes=10,
+                                                               lease_id=1)]))  # fmt: skip
+        await node.commit_sample(sample("e1", ("alice", 20, 0)), sampled_at_ms=1)
+        assert not node.explain("alice")["served"]  # lease spent
+        async with open_island() as island, trio.open_nursery() as nursery:
+            uplink = Uplink(node, config, island)
+            nursery.start_soon(uplink.run)
+            await wait_for(lambda: "alice" not in node.leases, "the stale lease dropped")
+            assert set(node.leases) == ({"bob"} if central_grants_others else set())
+            await wait_for(lambda: node.explain("alice")["served"], "alice served again")
+            nursery.cancel_scope.cancel()

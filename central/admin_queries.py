@@ -15,7 +15,7 @@ from .admin_records import (
     UsageRow,
     UserNodeFacts,
 )
-from .desired import Inbound
+from .desired import Inbound, engines_from_text
 from .errors import InvalidInput, NotFound
 from .records import AuditEntry, User
 
@@ -38,10 +38,6 @@ def user_from_row(row: Any) -> User:
         row[0], row[1], row[2], row[3], bool(row[4]), v1.Reason(row[5]), row[6], row[7],
         row[8], row[9], row[10], row[11], row[12], row[13], nodes,
     )  # fmt: skip
-
-
-def engines_from_text(text: str) -> tuple[v1.Engine, ...]:
-    return tuple(v1.Engine(int(e)) for e in text.split(",") if e)
 
 
 class AdminQueriesMixin:

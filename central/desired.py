@@ -32,6 +32,16 @@ class UserState:
     expires_at_ms: int | None
     admin_suspended: bool
     enforced_reason: v1.Reason
+    engines: tuple[v1.Engine, ...] = ()  # from the user's plan; empty: every engine
+
+
+def engines_from_text(text: str) -> tuple[v1.Engine, ...]:
+    """A plan's stored engines ("1,2") as Engines; "" means every engine."""
+    return tuple(v1.Engine(int(e)) for e in text.split(",") if e)
+
+
+def _allows(user: UserState, inbound: Inbound) -> bool:
+    return not user.engines or inbound.engine in user.engines
 
 
 def proxy_secret(user: UserState, inbound: Inbound) -> str:
@@ -55,7 +65,7 @@ def user_spec(user: UserState, inbounds: Sequence[Inbound]) -> v1.UserSpec:
             cipher=inbound.cipher,
         )
         for inbound in inbounds
-        if inbound.engine == v1.Engine.PROXY
+        if inbound.engine == v1.Engine.PROXY and _allows(user, inbound)
     ]
     peers = [
         v1.WireguardPeer(
@@ -65,7 +75,7 @@ def user_spec(user: UserState, inbounds: Sequence[Inbound]) -> v1.UserSpec:
             preshared_key=user.wg_preshared_key,
         )
         for inbound in inbounds
-        if inbound.engine == v1.Engine.WIREGUARD
+        if inbound.engine == v1.Engine.WIREGUARD and _allows(user, inbound)
     ]
     reason = v1.Reason.ADMIN if user.admin_suspended else user.enforced_reason
     return v1.UserSpec(

@@ -37,13 +37,18 @@ def _secret(creds: ClientCredentials, inbound: Inbound) -> str:
     return proxy_secret(state, inbound)
 
 
-def node_links(creds: ClientCredentials, node: NodeRow) -> list[v1.ClientLink]:
+def node_links(
+    creds: ClientCredentials, node: NodeRow, engines: tuple[v1.Engine, ...] = ()
+) -> list[v1.ClientLink]:
     """Every client config of one user on one node (pure). Inbounds without a public
-    port, and Shadowsocks 2022 (its client key needs the server key), are skipped."""
+    port, of an engine the user's plan excludes, and Shadowsocks 2022 (its client key
+    needs the server key) are skipped."""
     result = []
     for item in node.inbounds:
         inbound = item.inbound
         if not item.port or not node.public_address:
+            continue
+        if engines and inbound.engine not in engines:
             continue
         ep = endpoint(node, item)
         name = f"{creds.user_id}@{node.node_id}-{inbound.tag}"
@@ -85,11 +90,12 @@ async def client_links(storage: Any, user_id: str, node_id: str = "") -> list[v1
         await storage.get_node(node_id)  # NotFound for an unknown node
         raise NotFound(f"user {user_id!r} is not assigned to node {node_id!r}")
     creds = await storage.client_credentials(user_id)
+    engines = (await storage.get_plan(user.plan_id)).engines if user.plan_id else ()
     nodes = {row.node_id: row for row in await storage.list_nodes()}
     chosen = [node_id] if node_id else list(user.node_ids)
     result = []
     for nid in chosen:
-        result += node_links(creds, nodes[nid])
+        result += node_links(creds, nodes[nid], engines)
     if node_id and not result:
         raise InvalidInput(
             f"node {node_id!r} has no client-facing inbound (register its public address"

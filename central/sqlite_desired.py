@@ -16,7 +16,8 @@ SELECT_INBOUNDS = (
 )
 SELECT_USER_STATES = (
     "SELECT u.user_id, c.uuid, c.password, c.wg_public_key, c.wg_preshared_key,"
-    " c.wg_address, u.expires_at_ms, u.admin_suspended, u.enforced_reason"
+    " c.wg_address, u.expires_at_ms, u.admin_suspended, u.enforced_reason,"
+    " (SELECT p.engines FROM plans p WHERE p.plan_id = u.plan_id)"
     " FROM assignments a JOIN users u ON u.user_id = a.user_id"
     " JOIN credentials c ON c.user_id = a.user_id"
     " WHERE a.node_id = ? AND a.removed_at_ms IS NULL"
@@ -89,9 +90,10 @@ async def _user_states(
         desired.UserState(
             user_id, uuid, password, wg_public_key, wg_preshared_key, wg_address,
             expires_at_ms, bool(admin_suspended), v1.Reason(enforced_reason),
+            desired.engines_from_text(engines or ""),
         )
         for (
             user_id, uuid, password, wg_public_key, wg_preshared_key, wg_address,
-            expires_at_ms, admin_suspended, enforced_reason,
+            expires_at_ms, admin_suspended, enforced_reason, engines,
         ) in rows
     ]  # fmt: skip

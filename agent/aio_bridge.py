@@ -313,6 +313,7 @@ class BidiStream:
 
     async def _pump(self, path: str, request_type: type, reply_type: type) -> None:
         error: BaseException | None = None
+        stream: Any
         try:
             async with self._channel.request(
                 path, Cardinality.STREAM_STREAM, request_type, reply_type, timeout=None

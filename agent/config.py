@@ -99,7 +99,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             continue
         default = known[key].default
         if default is dataclasses.MISSING:
-            default = known[key].default_factory()  # type: ignore[misc]
+            default = known[key].default_factory()  # type: ignore[misc,operator]
         expected = type(default)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -165,7 +165,7 @@ def example() -> str:
         for f in dataclasses.fields(cls):
             if f.name in SECTIONS and cls is AgentConfig:
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
             out.append(f"# {f.metadata['doc']}")
             out.append(f"{f.name} = {_toml_value(default)}")
         return out

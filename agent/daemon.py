@@ -242,7 +242,7 @@ async def serve(
 
                 async def on_wg_pass(report: Any) -> None:
                     # WgSync keeps the (interface, public key) pairs the devices hold.
-                    held = getattr(wg_sync, "_held", set())
+                    held: set[tuple[str, str]] = getattr(wg_sync, "_held", set())
                     owners = {p.key: u.user_id for u in node.desired.users for p in u.wireguard}
                     users: dict[str, list[str]] = {}
                     for key in held:

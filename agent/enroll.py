@@ -15,7 +15,8 @@ from pathlib import Path
 import trio
 
 from .config import AgentConfig, ConfigError, load, to_toml, validate
-from .uplink import install_pair, split_address, write_atomically
+from .pki_files import install_pair, write_atomically
+from .uplink import split_address
 
 ENROLL_PATH = "/edgeward.v1.NodeService/Enroll"
 TIMEOUT = 30.0

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import betterproto2
 import trio
@@ -45,6 +45,7 @@ from .aio_bridge import AsyncioIsland, BidiStream, StreamEnded
 from .config import AgentConfig
 from .journal import AckAheadError
 from .node import Node, RefusedInput, crashpoint
+from .pki_files import finish_pair_install, install_pair
 
 log = logging.getLogger("edgeward.agent.uplink")
 
@@ -70,39 +71,6 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"central address {address!r} is not host:port")
     return host.strip("[]"), int(port)
-
-
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write a file so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def install_pair(cert_file: Path, key_file: Path, cert_pem: bytes, key_pem: bytes) -> None:
-    """Replace a certificate and its key. Both go to *.new first; then key,
-    then cert are renamed; `finish_pair_install` completes a crash in between."""
-    write_atomically(key_file.with_name(key_file.name + ".new"), key_pem, 0o600)
-    write_atomically(cert_file.with_name(cert_file.name + ".new"), cert_pem, 0o644)
-    finish_pair_install(cert_file, key_file)
-
-
-def finish_pair_install(cert_file: Path, key_file: Path) -> None:
-    new_cert = cert_file.with_name(cert_file.name + ".new")
-    new_key = key_file.with_name(key_file.name + ".new")
-    if not new_cert.exists():
-        with contextlib.suppress(FileNotFoundError):
-            new_key.unlink()  # a key without its cert: the renewal never finished
-        return
-    if new_key.exists():
-        os.replace(new_key, key_file)
-    os.replace(new_cert, cert_file)
 
 
 @dataclass
@@ -255,7 +223,7 @@ class Uplink:
             await stream.send([v1.NodeMessage(hello=hello)])
             with trio.fail_after(self.heartbeat_interval * 3):
                 first = await stream.receive()
-            kind, body = betterproto2.which_one_of(first[0], "kind")
+            kind, body = _which(first[0])
             if kind == "error":
                 await self._on_error(stream, body)
                 return False
@@ -335,7 +303,7 @@ class Uplink:
                 raise SessionOver("central silent for 3 heartbeat intervals")
 
     async def _on_message(self, stream: BidiStream, message: v1.CentralMessage) -> None:
-        kind, body = betterproto2.which_one_of(message, "kind")
+        kind, body = _which(message)
         try:
             if self._leases_pending and kind != "snapshot":
                 # Central sends every lease it grants right after the connection's
@@ -506,9 +474,15 @@ def _single(group: BaseExceptionGroup) -> BaseException:
     matched, rest = group.split(_SESSION_ENDINGS)
     if matched is None or (rest is not None and rest.split(trio.Cancelled)[1] is not None):
         return group
-    while isinstance(matched, BaseExceptionGroup):
-        matched = matched.exceptions[0]
-    return matched
+    found: BaseException = matched
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
+
+
+def _which(message: v1.CentralMessage) -> tuple[str, Any]:
+    kind, body = betterproto2.which_one_of(message, "kind")
+    return kind, body
 
 
 def _now_ms() -> int:

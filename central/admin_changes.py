@@ -173,13 +173,16 @@ class AdminChangesMixin:
             async with db.execute("SELECT coalesce(max(wg_index), 0) FROM credentials") as c:
                 (wg_index,) = await c.fetchone()
             plan_durations = await _plan_durations(db)
-            users, creds, assigned = [], [], []
+            users: list[tuple] = []
+            creds: list[tuple] = []
+            assigned: list[tuple[str, str, int]] = []
             for row, uuid in prepared:
                 wg_index += 1
                 private_key, public_key = credentials.wireguard_keypair()
                 expires = row.expires_at_ms
-                if expires is None and row.plan_id and plan_durations.get(row.plan_id):
-                    expires = at + plan_durations[row.plan_id] * 86_400_000
+                days = plan_durations.get(row.plan_id) if row.plan_id else None
+                if expires is None and days:
+                    expires = at + days * 86_400_000
                 users.append(
                     (row.user_id, row.plan_id or None, row.data_limit_bytes, expires, at,
                      row.disabled, row.used_bytes)

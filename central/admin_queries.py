@@ -67,9 +67,10 @@ class AdminQueriesMixin:
         if node_id is not None and not nodes:
             raise NotFound(f"unknown node {node_id!r}")
         inbounds: dict[str, list[NodeInbound]] = {}
-        for nid, tag, engine, protocol, flow, cipher, port, params in inbound_rows:
+        for nid, tag, engine, protocol, flow, cipher, port, link_params in inbound_rows:
             inbound = Inbound(tag, v1.Engine(engine), v1.Protocol(protocol), flow, cipher)
-            inbounds.setdefault(nid, []).append(NodeInbound(inbound, port, json.loads(params)))
+            served = NodeInbound(inbound, port, json.loads(link_params))
+            inbounds.setdefault(nid, []).append(served)
         return [
             NodeRow(
                 row[0],
@@ -175,7 +176,8 @@ class AdminQueriesMixin:
             "hour": "'', '', hour_ms",
             "day": f"'', '', hour_ms - hour_ms % {DAY_MS}",
         }[group_by]
-        where, params = ["1"], []
+        where: list[str] = ["1"]
+        params: list[object] = []
         for column, value in (("user_id", user_id), ("node_id", node_id)):
             if value:
                 where.append(f"{column} = ?")

@@ -19,7 +19,7 @@ EDGEWARD_CENTRAL / EDGEWARD_CERT / EDGEWARD_KEY / EDGEWARD_CA, or the same keys
 
 Exit codes: 0 ok, 2 bad input, 3 not found, 4 conflict, 5 refused (role or
 certificate), 6 central unreachable or not configured, 7 node unhealthy
-(nodes health), 1 anything else. Shell completion: edgeward completion bash.
+(nodes health --check), 1 anything else. Shell completion: edgeward completion bash.
 """
 
 
@@ -46,6 +46,8 @@ def _register() -> None:
     for command in (users.users, plans.plans, nodes.nodes, reports.usage, reports.explain,
                     reports.status, reports.completion):  # fmt: skip
         main.add_command(command)
+    # `edgeward node health NODE --json`, as the staged rollout documents it.
+    main.add_command(click.Group("node", commands=nodes.nodes.commands, hidden=True))
 
 
 _register()

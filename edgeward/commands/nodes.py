@@ -18,7 +18,7 @@ PROTOCOLS = {
 }
 TEXT_KEYS = ("flow", "cipher", "network", "security", "sni", "path", "host", "public_key",
              "short_id", "fingerprint", "dns")  # fmt: skip
-# `nodes health` exits with this when the node is not healthy (JSON still printed).
+# `nodes health --check` exits with this when the node is not healthy (JSON still printed).
 EXIT_UNHEALTHY = 7
 
 
@@ -145,10 +145,13 @@ def show(ctx, node_id, as_json) -> None:
     help="Unhealthy when more deltas than this wait in the node's outbox.",
 )
 @click.option("--expect-version", default="", help="Unhealthy unless the node runs this version.")
+@click.option("--check", is_flag=True, help="Exit 7 when the node is not healthy.")
 @json_option
 @click.pass_context
-def health(ctx, node_id, max_lag, expect_version, as_json) -> None:
-    """Is NODE_ID connected (and current)? Exit 0 if healthy, 7 if not."""  # fmt: skip
+def health(ctx, node_id, max_lag, expect_version, check, as_json) -> None:
+    """Is NODE_ID connected, current, its outbox drained? The JSON is what the staged
+    rollout reads (connected, version, outbox); it exits 0 whenever central answered,
+    so a poller can wait for a reconnecting node (--check: exit 7 if unhealthy)."""
     node = rpc(ctx, lambda stub: stub.get_node(v1.NodeRef(node_id=node_id)))
     link = node.link
     problems = []
@@ -165,8 +168,10 @@ def health(ctx, node_id, max_lag, expect_version, as_json) -> None:
         "healthy": not problems,
         "problems": problems,
         "connected": link.connected,
+        "version": link.software_version,
         "software_version": link.software_version,
         "last_seen_ms": link.last_seen_ms,
+        "outbox": link.outbox_lag,
         "outbox_lag": link.outbox_lag,
         "acked_seq": link.acked_seq,
         "journal_head_seq": link.journal_head_seq,
@@ -177,7 +182,7 @@ def health(ctx, node_id, max_lag, expect_version, as_json) -> None:
         emit_json(report)
     else:
         click.echo(f"{node.node_id}: " + ("healthy" if not problems else "; ".join(problems)))
-    if problems:
+    if problems and check:
         ctx.exit(EXIT_UNHEALTHY)
 
 

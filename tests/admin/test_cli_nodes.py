@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +50,7 @@ def send_usage(fleet: Fleet, node: ConnectedNode, seqs: range, user: str, down: 
 
 
 def health(fleet: Fleet, *args: str) -> tuple[int, dict]:
-    result = fleet.cli("nodes", "health", "n1", "--json", *args, role="viewer")
+    result = fleet.cli("nodes", "health", "n1", "--json", "--check", *args, role="viewer")
     return result.exit_code, json.loads(result.stdout)
 
 
@@ -184,3 +186,24 @@ def test_revoke_needs_admin_and_ends_the_node_stream(fleet: Fleet):
     code, report = health(fleet)
     assert code == UNHEALTHY and "revoked" in report["problems"]
     assert fleet.ok("nodes", "list").stdout.splitlines()[1].split()[1] == "revoked"
+
+
+def rollout_health_class():
+    """packaging/rollout/rollout.py is a script, not a package: load it by path."""
+    path = Path(__file__).parents[2] / "packaging" / "rollout" / "rollout.py"
+    spec = importlib.util.spec_from_file_location("admin_tests_rollout", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.Health
+
+
+def test_health_json_is_what_the_staged_rollout_reads(fleet: Fleet):
+    Health = rollout_health_class()
+    offline = fleet.cli("node", "health", "n1", "--json", role="viewer")
+    assert offline.exit_code == 0  # a poller keeps waiting for a reconnecting node
+    assert Health.parse(offline.stdout) == Health(False, "", 0)
+    with ConnectedNode(fleet, "n1", hello(head=3)):
+        online = fleet.ok("node", "health", "n1", "--json", role="viewer")
+        assert Health.parse(online.stdout) == Health(True, "0.9.1", 3)

@@ -250,3 +250,29 @@ async def test_leases_central_no_longer_grants_are_dropped_on_connect(
             assert set(node.leases) == ({"bob"} if central_grants_others else set())
             await wait_for(lambda: node.explain("alice")["served"], "alice served again")
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("key_now", "left_over", "expected"),
+    [
+        # crashed before any rename: both new files complete -> the new pair
+        (b"old-key", {"node.crt.new": b"new", "node.key.new": b"new-key"}, (b"new", b"new-key")),
+        # crashed between the renames (the key is already new) -> finish with the cert
+        (b"new-key", {"node.crt.new": b"new"}, (b"new", b"new-key")),
+        # a key without its cert: the renewal never finished -> the old pair stays
+        (b"old-key", {"node.key.new": b"new-key"}, (b"old", b"old-key")),
+    ],
+)
+def test_an_interrupted_certificate_install_is_finished_or_undone(
+    tmp_path, key_now, left_over, expected
+):
+    from edgeward.agent.pki_files import finish_pair_install
+
+    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
+    cert.write_bytes(b"old")
+    key.write_bytes(key_now)
+    for name, data in left_over.items():
+        (tmp_path / name).write_bytes(data)
+    finish_pair_install(cert, key)
+    assert (cert.read_bytes(), key.read_bytes()) == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node.crt", "node.key"]

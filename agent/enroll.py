@@ -10,6 +10,7 @@ systemd hardening the agent can write nothing else), then the config file.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import trio
@@ -88,6 +89,10 @@ def enroll_node(
         install_pair(
             cert_file, Path(config.central.key_file), response.certificate_pem, key_pem(key)
         )
+        give_to_state_owner(
+            Path(config.state_dir),
+            [cert_file.parent, ca_target, cert_file, Path(config.central.key_file)],
+        )
         config_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(config_path, to_toml(config).encode(), 0o640)
     except OSError as e:
@@ -96,6 +101,17 @@ def enroll_node(
             "(the token is spent: ask for a new one)"
         ) from None
     return [ca_target, cert_file, Path(config.central.key_file), config_path]
+
+
+def give_to_state_owner(state_dir: Path, paths: list[Path]) -> None:
+    """Run as root (the usual way to enroll), hand the PKI files to whoever owns the
+    state directory (the service user the package created): the daemon must read
+    its key, and only it and root may."""
+    if os.geteuid() != 0 or not state_dir.exists():
+        return
+    owner = state_dir.stat()
+    for path in paths:
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 async def _ask_central(

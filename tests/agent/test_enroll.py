@@ -122,3 +122,20 @@ def test_unreachable_central_is_a_clear_error(tmp_path, central):
     result, _ = enroll(central, tmp_path, the_token)
     assert result.exit_code == 1
     assert f"cannot reach central at {central.address}" in result.output
+
+
+def test_enrolling_as_root_hands_the_pki_files_to_the_state_dir_owner(tmp_path, central):
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CI runs as root): chown to the service user")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)  # the package's service user, in production
+    result, config_path = enroll(central, tmp_path, token(central, "node-b"))
+    assert result.exit_code == 0, result.output
+    config = load(config_path)
+    for path in (config.central.key_file, config.central.cert_file, config.central.ca_file):
+        assert (Path(path).stat().st_uid, Path(path).stat().st_gid) == (65534, 65534)
+    assert Path(config.central.key_file).parent.stat().st_uid == 65534
+    assert stat.S_IMODE(Path(config.central.key_file).stat().st_mode) == 0o600

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from pathlib import Path
 
 import trio
@@ -94,7 +95,13 @@ def enroll_node(
             [cert_file.parent, ca_target, cert_file, Path(config.central.key_file)],
         )
         config_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(config_path, to_toml(config).encode(), 0o640)
+        # The config holds no secret: keep the mode (and owner) the package gave it,
+        # so the service user can still read it.
+        existing = config_path.stat() if config_path.exists() else None
+        mode = stat.S_IMODE(existing.st_mode) if existing else 0o644
+        write_atomically(config_path, to_toml(config).encode(), mode)
+        if existing is not None and os.geteuid() == 0:
+            os.chown(config_path, existing.st_uid, existing.st_gid)
     except OSError as e:
         raise EnrollError(
             f"central signed the certificate but it could not be stored: {e} "

@@ -53,6 +53,7 @@ def enroll(central, tmp_path: Path, the_token: str, node_id: str = "node-b"):
     if not config.exists():
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(f'state_dir = "{tmp_path / "state"}"\nsample_interval = 3.0\n')
+        config.chmod(0o644)
     args = ["enroll", "--central", central.address, "--token", the_token, "--node-id", node_id]
     args += ["--ca-file", str(central.pki.ca_file), "--config", str(config)]
     args += ["--server-name", "localhost"]
@@ -65,6 +66,7 @@ def test_enroll_writes_key_cert_and_config_and_the_node_connects(tmp_path, centr
     config = load(config_path)
     assert config.node_id == "node-b" and config.central.address == central.address
     assert config.sample_interval == 3.0  # settings already in the file are kept
+    assert stat.S_IMODE(config_path.stat().st_mode) == 0o644  # the service user reads it
     key = Path(config.central.key_file)
     assert key.parent == tmp_path / "state" / "pki"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600

@@ -4,6 +4,7 @@ real bytes through real clients; status and explain over the real control socket
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from pathlib import Path
 
@@ -43,8 +44,9 @@ async def control(config, request):
 
 
 async def test_serves_central_users_on_the_real_core_and_central_counts_every_byte(
-    tmp_path, central, v2ray_core, http_blob_server
+    tmp_path, central, v2ray_core, http_blob_server, caplog
 ):
+    caplog.set_level(logging.INFO, "edgeward.central.stream")
     storage = central.storage
     await central_call(central, storage.create_user, "alice", actor=ADMIN, node_ids=["node-a"])
     alice = await central_call(central, storage.get_user, "alice")
@@ -70,6 +72,13 @@ async def test_serves_central_users_on_the_real_core_and_central_counts_every_by
         assert status["epoch"] is not None and status["core_reachable"]
         explained = (await control(config, {"command": "explain", "user": "alice"}))["explain"]
         assert explained["served"] and explained["reason"] == "active"
+        # The node told central what it applied (central logs the AppliedReport).
+        await wait_for(
+            lambda: (
+                f"node node-a applied revision {daemon.node.revision}: 1/1 users" in caplog.text
+            ),
+            "the applied report",
+        )
         assert explained["applied"]["proxy"] == ["trojan-in/alice", "vless-in/alice"]
         assert explained["last_usage_at_ms"] is not None
         # An admin suspension on central removes the user from the core.

@@ -276,3 +276,29 @@ def test_an_interrupted_certificate_install_is_finished_or_undone(
     finish_pair_install(cert, key)
     assert (cert.read_bytes(), key.read_bytes()) == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node.crt", "node.key"]
+
+
+async def test_a_replaced_journal_continues_after_central_s_seqs_and_loses_nothing(
+    tmp_path, central
+):
+    from edgeward.proto.usage_codec import UsageDelta
+
+    storage = central.storage
+    await central_call(central, storage.create_user, "alice", actor=ADMIN, node_ids=["node-a"])
+    # Central already holds seqs 1..5 of node-a (from a journal since lost).
+    old = [UsageDelta(seq, "alice", 1, "e0", 10, 0, seq) for seq in range(1, 6)]
+    await central_call(central, storage.ingest, "node-a", old)
+    config = node_config(tmp_path, central.pki, central.address)
+    async with open_journal(Path(config.state_dir) / "journal.sqlite") as journal:
+        node = await Node.load(journal)
+        async with open_island() as island, trio.open_nursery() as nursery:
+            uplink = Uplink(node, config, island)
+            nursery.start_soon(uplink.run)
+            await wait_for(lambda: uplink.status.acked_seq == 5, "welcome's acked seq")
+            assert (await journal.outbox_stats()).high_seq == 5  # seqs skipped to central's
+            first, last = await node.commit_sample(sample("e1", ("alice", 7, 0)), sampled_at_ms=9)
+            assert (first, last) == (6, 6)
+            await wait_for(lambda: uplink.status.acked_seq == 6, "the new delta's ack")
+            nursery.cancel_scope.cancel()
+    alice = await central_call(central, storage.get_user, "alice")
+    assert alice.uplink_bytes == 5 * 10 + 7  # the new delta counted, not taken as a replay

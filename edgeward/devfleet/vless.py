@@ -57,12 +57,32 @@ def fetch(
             raise NotServed(f"{node[0]}:{node[1]} closed the connection: user not served")
         if head[1]:
             _recv_exact(sock, head[1])  # response addons
-        total = 0
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return total
-            total += len(chunk)
+        return _read_http_response(sock)
+
+
+def _read_http_response(sock: socket.socket) -> int:
+    """Bytes of the HTTP response (headers + body). Stops at Content-Length rather
+    than at the close: the core keeps a half-closed connection up for a while."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return len(data)
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    total, received = len(data), len(body)
+    while length is None or received < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        total += len(chunk)
+        received += len(chunk)
+    return total
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:

@@ -32,6 +32,7 @@ from edgeward.pki.tls import client_context
 from edgeward.proto import v1
 
 PROBE_THREADS = 6
+ISSUERS = 4  # AddUser requests in flight at once
 PROBE_RETRY = 0.2  # seconds between two probes of a pair that was not served yet
 SERVE_DEADLINE = 90.0  # after the last issue, every pair must be served by then
 TRAFFIC_USERS = ("t1", "t2")
@@ -144,8 +145,12 @@ async def _issue(fleet: Fleet, rate: float, seconds: float, prober: Prober, pair
     node_ids = [n.node_id for n in layout.nodes]
     count = int(rate * seconds)
     start = time.monotonic()
-    try:
-        for i in range(count):
+    next_index = iter(range(count))
+
+    async def issuer() -> None:
+        # Several requests in flight, each user at its own slot: the pace holds even
+        # when one AddUser takes longer than 1/rate.
+        for i in next_index:
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -156,6 +161,11 @@ async def _issue(fleet: Fleet, rate: float, seconds: float, prober: Prober, pair
             for n in range(len(node_ids)):
                 pairs.append(Pair(user, uuid, n, issued))
                 prober.add(len(pairs) - 1)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(ISSUERS):
+                group.create_task(issuer())
     finally:
         channel.close()
         await asyncio.sleep(0.05)
@@ -196,6 +206,9 @@ def run_burst(workdir: Path, *, rate: float, seconds: float, name: str = "ewb",
         for thread in prober.threads:
             thread.start()
         say(f"burst: issuing {int(rate * seconds)} users at {rate}/s while traffic flows")
+        progress = threading.Thread(target=_progress, args=(fleet, pairs, prober, say),
+                                    daemon=True)  # fmt: skip
+        progress.start()
         issued, issue_seconds = asyncio.run(_issue(fleet, rate, seconds, prober, pairs))
         deadline = time.monotonic() + SERVE_DEADLINE
         while prober.pending() and time.monotonic() < deadline:
@@ -213,6 +226,18 @@ def run_burst(workdir: Path, *, rate: float, seconds: float, name: str = "ewb",
         fleet.down()
     say(result.line())
     return result
+
+
+def _progress(fleet: Fleet, pairs: list[Pair], prober: Prober, say) -> None:
+    """Every 5 s: issued, served, and what each agent says it holds."""
+    while not prober.stop.wait(5.0):
+        agents = []
+        for node in fleet.layout.nodes:
+            s = agent_status(node) or {}
+            agents.append(f"{node.node_id} desired {s.get('users_desired')}"
+                          f" applied {s.get('users_applied')}")  # fmt: skip
+        served = sum(p.served is not None for p in pairs)
+        say(f"  issued {len(pairs) // 2}, pairs served {served}/{len(pairs)}; {'; '.join(agents)}")
 
 
 def _settled_observation(fleet: Fleet, timeout: float = 30.0):

@@ -277,8 +277,8 @@ class NodeSession:
         except InvalidBatch as e:
             raise Refusal(Status.INVALID_ARGUMENT, str(e)) from None
         # Only now is the batch durable: acknowledge it, then the leases based on it.
+        self.service.links.acked(self.node_id, result.acked_seq)  # committed: shown at once
         await self.send(ack=v1.Ack(acked_seq=result.acked_seq))
-        self.service.links.acked(self.node_id, result.acked_seq)
         if result.leases:
             await self.send(leases=v1.LeaseGrant(leases=result.leases))
 

@@ -80,15 +80,27 @@ def add(ctx, user_id, plan, data_limit, expires, nodes, uuid, why, as_json) -> N
     show_user(rpc(ctx, lambda stub: stub.add_user(request)), as_json)
 
 
+STATES = {
+    "active": lambda u: not u.admin_suspended and u.enforced_reason == v1.Reason.UNSPECIFIED,
+    "suspended": lambda u: u.admin_suspended or u.enforced_reason != v1.Reason.UNSPECIFIED,
+    "admin": lambda u: u.admin_suspended,
+    "quota": lambda u: u.enforced_reason == v1.Reason.QUOTA,
+    "expired": lambda u: u.enforced_reason == v1.Reason.EXPIRED,
+}
+
+
 @users.command("list")
 @click.option("--node", default="", help="Only users assigned to this node.")
 @click.option("--plan", default="", help="Only users on this plan.")
+@click.option("--state", type=click.Choice(sorted(STATES)), help="Only users in this state.")
 @json_option
 @click.pass_context
-def list_(ctx, node, plan, as_json) -> None:
+def list_(ctx, node, plan, state, as_json) -> None:
     """List users."""
     request = v1.ListUsersRequest(node_id=node, plan_id=plan)
     response = rpc(ctx, lambda stub: stub.list_users(request))
+    if state:
+        response.users = [u for u in response.users if STATES[state](u)]
     if as_json:
         emit_json([plain(u) for u in response.users])
         return

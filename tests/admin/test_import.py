@@ -110,6 +110,10 @@ def test_marzban_import_keeps_users_limits_expiry_usage_and_credentials(
             fleet.json("users", "links", "alice", role="operator")["links"]]  # fmt: skip
     assert any(u.startswith("trojan://alice-trojan-pw@vpn1.example.com:8443") for u in uris)
     assert any(u.startswith(f"vless://{UUIDS['alice']}@") for u in uris)
+    states = {s: [u["user_id"] for u in fleet.json("users", "list", "--state", s)]
+              for s in ("active", "suspended", "admin", "quota", "expired")}  # fmt: skip
+    assert states == {"active": ["alice"], "suspended": ["bob", "carol", "dave"],
+                      "admin": ["bob"], "quota": ["dave"], "expired": ["carol"]}  # fmt: skip
     explained = fleet.json("explain", "carol")
     assert explained["reasons"][0].startswith("expired at 2020-09-13")
 

@@ -129,3 +129,29 @@ def test_a_revoked_admin_certificate_is_refused(fleet: Fleet, tmp_path: Path):
     result = _cli_with(fleet, pair.cert, pair.key, "users", "add", "x")
     assert result.exit_code == 5 and "is revoked" in result.output
     assert fleet.dump() == before
+
+
+def test_a_connection_without_a_certificate_is_refused(fleet: Fleet):
+    import asyncio
+
+    from grpclib.client import Channel
+    from grpclib.const import Status
+    from grpclib.exceptions import GRPCError
+
+    from edgeward.admin_client import close_channel
+    from edgeward.pki.tls import client_context
+    from edgeward.proto import v1
+
+    async def anonymous() -> GRPCError:
+        channel = Channel("127.0.0.1", fleet.port, ssl=client_context(fleet.pki.ca_file))
+        try:
+            await v1.AdminServiceStub(channel, timeout=10).list_users(v1.ListUsersRequest())
+        except GRPCError as e:
+            return e
+        finally:
+            await close_channel(channel)
+        raise AssertionError("an anonymous client was served")
+
+    error = asyncio.run(anonymous())
+    assert error.status == Status.UNAUTHENTICATED
+    assert error.message == "peer presented no client certificate"

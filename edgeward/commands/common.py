@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
 import json
 import re
 import time
@@ -33,22 +35,26 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 
 
 def plain(message: betterproto2.Message) -> dict:
-    """A message as JSON-ready data: snake_case, every field, enums as lowercase names."""
-    data = message.to_dict(
-        output_format=betterproto2.OutputFormat.PYTHON,
-        casing=betterproto2.Casing.SNAKE,
-        include_default_values=True,
-    )
-    return _enums(data)
+    """A message as JSON-ready data: field names as in the .proto, every field, unset
+    optionals as null, enums as lowercase names. (betterproto2's to_dict is ~100x
+    slower: 7 s for 10,000 users.)"""
+    return {f.name: _plain_value(getattr(message, f.name)) for f in _fields(type(message))}
 
 
-def _enums(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _enums(v) for k, v in value.items()}
+@functools.cache
+def _fields(cls: type) -> tuple[dataclasses.Field, ...]:
+    return tuple(dataclasses.fields(cls))
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, betterproto2.Message):
+        return plain(value)
     if isinstance(value, list):
-        return [_enums(v) for v in value]
+        return [_plain_value(v) for v in value]
     if isinstance(value, enum.Enum):
         return value.name.lower()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
     return value
 
 

@@ -421,7 +421,9 @@ class Uplink:
         while True:
             await trio.sleep(self.heartbeat_interval)
             self._heartbeats_sent += 1
-            await stream.send([v1.NodeMessage(heartbeat=v1.Heartbeat(sent_at_ms=_now_ms()))])
+            head = (await self.journal.outbox_stats()).high_seq
+            beat = v1.Heartbeat(sent_at_ms=_now_ms(), journal_head_seq=head)
+            await stream.send([v1.NodeMessage(heartbeat=beat)])
 
     # ------------------------------------------------------------ certificate renewal
 

@@ -67,6 +67,11 @@ class NodeLinks:
         state.acked_seq = acked_seq
         state.journal_head_seq = max(state.journal_head_seq, acked_seq)
 
+    def journal_head(self, node_id: str, head_seq: int) -> None:
+        """From a heartbeat: the outbox lag grows between acks too (0: an older node)."""
+        state = self._state(node_id)
+        state.journal_head_seq = max(state.journal_head_seq, head_seq, state.acked_seq)
+
     def applied(self, node_id: str, report: v1.AppliedReport) -> None:
         state = self._state(node_id)
         state.applied_revision = report.revision

@@ -256,6 +256,7 @@ class NodeSession:
         if kind == "usage":
             await self.on_usage(body)
         elif kind == "heartbeat":
+            self.service.links.journal_head(self.node_id, body.journal_head_seq)
             await self.send(heartbeat=v1.Heartbeat(sent_at_ms=now_ms()))
         elif kind == "local_decisions":
             await self.storage.record_local_decisions(self.node_id, body.decisions)

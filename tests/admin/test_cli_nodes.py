@@ -74,6 +74,11 @@ def test_health_list_and_show_follow_the_node_stream(fleet: Fleet):
         assert report["problems"] == ["outbox lag 7 > 5"]
         code, report = health(fleet, "--expect-version", "1.0.0")
         assert report["problems"] == ["runs 0.9.1, expected 1.0.0"] and code == UNHEALTHY
+        # Between acks the node's heartbeats carry its journal head: the lag grows.
+        fleet.run(node.node.send(heartbeat=v1.Heartbeat(sent_at_ms=1, journal_head_seq=30)))
+        fleet.run(node.node.recv())  # central's heartbeat answer: the head was recorded
+        code, report = health(fleet)
+        assert report["outbox_lag"] == 25 and report["journal_head_seq"] == 30
 
         [listed] = fleet.json("nodes", "list", role="viewer")
         assert listed["node_id"] == "n1" and listed["link"]["connected"] is True
@@ -82,7 +87,7 @@ def test_health_list_and_show_follow_the_node_stream(fleet: Fleet):
         assert listed["inbounds"][0]["port"] == 443
         table = fleet.ok("nodes", "list", role="viewer").stdout.splitlines()
         assert table[1].split()[:3] == ["n1", "connected", "0.9.1"]
-        assert "outbox lag: 7 delta(s)" in fleet.ok("nodes", "show", "n1").stdout
+        assert "outbox lag: 25 delta(s)" in fleet.ok("nodes", "show", "n1").stdout
     # The stream is gone: central says so and keeps when it last heard from the node.
     for _ in range(100):
         code, report = health(fleet)

@@ -595,6 +595,12 @@ default_message_pool.register_message("edgeward.v1", "GetStatusResponse", GetSta
 class Heartbeat(betterproto2.Message):
     sent_at_ms: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
 
+    journal_head_seq: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+    """
+    node -> central: highest seq in the node's journal, so central shows the outbox
+    lag between acks (e.g. while a node's batches are refused or slow); 0 from central
+    """
+
 
 default_message_pool.register_message("edgeward.v1", "Heartbeat", Heartbeat)
 

@@ -12,8 +12,12 @@ import operator
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import NamedTuple
 
+from edgeward.proto import v1
 from edgeward.proto.usage_codec import InvalidUsageBatch, UsageDelta
+
+from .decide import UserLimits
 
 HOUR_MS = 3_600_000
 
@@ -93,3 +97,46 @@ def aggregate(
     result.node_uplink = node_up
     result.node_downlink = node_down
     return result
+
+
+class CountableUser(NamedTuple):
+    """A user of the batch ever assigned to the node, as storage reads it before writing."""
+
+    user_id: str
+    assigned: bool  # False: removed since (its deltas still count: the traffic happened)
+    data_limit_bytes: int | None
+    expires_at_ms: int | None
+    enforced_reason: int
+    quota_used_bytes: int  # before this batch
+    leased: bool  # holds a lease on this node
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a backend's apply_usage wrote."""
+
+    acked_seq: int
+    fresh: int  # deltas newly in the ledger
+    agg: Aggregate | None  # None when nothing was fresh
+    unassigned: list[str]  # users once assigned to the node, now removed (counted)
+    # Users of the batch decide() can act on, with their quota use after the batch.
+    limits: dict[str, UserLimits] = field(default_factory=dict)
+    quota_used: dict[str, int] = field(default_factory=dict)
+
+
+def applied(acked_seq: int, fresh: int, agg: Aggregate, countable: list[CountableUser]) -> Applied:
+    """The Applied of a batch whose writes are done: enforcement inputs after the batch."""
+    limits, quota_used = {}, {}
+    for user in countable:
+        if (
+            user.data_limit_bytes is not None
+            or user.expires_at_ms is not None
+            or (user.enforced_reason)
+        ):
+            limits[user.user_id] = UserLimits(
+                user.data_limit_bytes, user.expires_at_ms, v1.Reason(user.enforced_reason)
+            )
+            up, down = agg.per_user[user.user_id]
+            quota_used[user.user_id] = user.quota_used_bytes + up + down
+    unassigned = sorted(user.user_id for user in countable if not user.assigned)
+    return Applied(acked_seq, fresh, agg, unassigned, limits, quota_used)

@@ -13,14 +13,11 @@ import json
 import logging
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from edgeward.proto import v1
 from edgeward.proto.usage_codec import UsageDelta
 
-from .decide import UserLimits
-from .ingest import Aggregate, aggregate, check_batch
+from .ingest import Applied, CountableUser, aggregate, applied, check_batch
 from .records import IngestResult, now_ms
 from .sqlite_core import run_sync
 
@@ -65,19 +62,6 @@ ADD_NODE_TOTALS = (
 )
 
 
-@dataclass(frozen=True)
-class Applied:
-    """What apply_usage wrote."""
-
-    acked_seq: int
-    fresh: int  # deltas newly in the ledger
-    agg: Aggregate | None  # None when nothing was fresh
-    unassigned: list[str]  # users once assigned to the node, now removed (counted)
-    # Users of the batch decide() can act on, with their quota use after the batch.
-    limits: dict[str, UserLimits] = field(default_factory=dict)
-    quota_used: dict[str, int] = field(default_factory=dict)
-
-
 def apply_usage(
     conn: sqlite3.Connection, node_id: str, deltas: Sequence[UsageDelta], at: int
 ) -> Applied:
@@ -102,29 +86,22 @@ def apply_usage(
     if not fresh:
         return Applied(new_acked, 0, None, [])
     users = json.dumps(list({delta[1]: None for delta in fresh}))
-    countable = conn.execute(SELECT_COUNTABLE_USERS, (users, node_id)).fetchall()
-    states = {row[0]: row[1] for row in countable}
-    agg = aggregate(node_id, fresh, states)
+    countable = [
+        CountableUser(*row) for row in conn.execute(SELECT_COUNTABLE_USERS, (users, node_id))
+    ]
+    agg = aggregate(node_id, fresh, {user.user_id for user in countable})
     conn.executemany(INSERT_LEDGER, agg.ledger)
     conn.executemany(ADD_HOURLY, agg.hourly_rows(node_id))
     user_rows = agg.user_rows()
     conn.executemany(ADD_USER_TOTALS, user_rows)
-    leased = {row[0] for row in countable if row[6]}
+    leased = {user.user_id for user in countable if user.leased}
     if leased:
         conn.executemany(
             ADD_LEASE_USE,
             [(total, user_id, node_id) for _, _, total, user_id in user_rows if user_id in leased],
         )
     conn.execute(ADD_NODE_TOTALS, (new_acked, agg.node_uplink, agg.node_downlink, at, node_id))
-    unassigned = sorted(user_id for user_id, active in states.items() if not active)
-    limits, quota_used = {}, {}
-    per_user = agg.per_user
-    for user_id, _, limit, expires, reason, used, _ in countable:
-        if limit is not None or expires is not None or reason:
-            limits[user_id] = UserLimits(limit, expires, v1.Reason(reason))
-            up, down = per_user[user_id]
-            quota_used[user_id] = used + up + down
-    return Applied(new_acked, len(fresh), agg, unassigned, limits, quota_used)
+    return applied(new_acked, len(fresh), agg, countable)
 
 
 class IngestMixin:

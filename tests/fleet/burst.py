@@ -188,8 +188,13 @@ def observe(fleet: Fleet) -> tuple[dict[str, int], dict[str, int], dict[str, str
         handle = fleet.procs.get(f"core-{node.node_id}")
         pids[node.node_id] = handle.pid if handle and handle.alive() else -1
         uptimes[node.node_id] = read_core(node.ns).uptime
-        status = agent_status(node) or {}
-        epochs[node.node_id] = str(status.get("epoch"))
+        status = None
+        for _ in range(10):  # the status call itself may time out on a loaded machine
+            status = agent_status(node)
+            if status is not None:
+                break
+            time.sleep(1.0)
+        epochs[node.node_id] = str((status or {}).get("epoch"))
     return pids, uptimes, epochs
 
 

@@ -2,8 +2,12 @@
 against a raw `executemany` of the same rows into the same table in the same run.
 
     .venv/bin/python bench/ingest.py [--deltas 200000] [--batch 1000] [--users 1000]
+        [--limit BYTES] [--profile] [--storage sqlite|postgresql]
 
 Prints both rates and their ratio (goal: >= 100k deltas/s and >= 0.5x raw).
+The node's encoding is done before timing (the agent does it on its own
+machine); the node client shares this process and its 2 cores with central.
+--storage postgresql: storage level only (bench/ingest_pg.py says why).
 """
 
 from __future__ import annotations
@@ -111,8 +115,20 @@ def main() -> None:
         "--limit", type=int, default=None, help="give every user this data limit (leases)"
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the streamed run")
+    parser.add_argument("--storage", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     batches = make_batches(args.deltas, args.batch, args.users)
+    if args.storage == "postgresql":
+        from bench import ingest_pg
+
+        seconds = ingest_pg.run(batches, args.users)
+        print(f"PostgreSQL, deltas: {args.deltas} in batches of {args.batch}, {args.users} users")
+        for name, took in seconds.items():
+            print(f"{name + ':':24}{args.deltas / took:12,.0f} deltas/s")
+        for raw in ("raw COPY", "raw executemany"):
+            ratio = seconds[raw] / seconds["apply_usage"]
+            print(f"ratio apply_usage/{raw}: {ratio:.2f}x")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         raw = raw_executemany(Path(tmp) / "raw.sqlite", batches)
         run = through_stream(Path(tmp) / "stream", batches, args.users, args.limit)

@@ -28,9 +28,10 @@ SELECT_SEEN_SEQS = "SELECT seq FROM deltas WHERE node_id = $1 AND seq BETWEEN $2
 SELECT_COUNTABLE_USERS = (
     "SELECT a.user_id, a.removed_at_ms IS NULL, u.data_limit_bytes, u.expires_at_ms,"
     " u.enforced_reason, u.quota_used_bytes, l.lease_id IS NOT NULL"
-    " FROM assignments a JOIN users u ON u.user_id = a.user_id"
+    " FROM unnest($1::text[]) AS b(user_id)"
+    " JOIN assignments a ON a.user_id = b.user_id AND a.node_id = $2"
+    " JOIN users u ON u.user_id = a.user_id"
     " LEFT JOIN leases l ON l.user_id = a.user_id AND l.node_id = a.node_id"
-    " WHERE a.user_id = ANY($1::text[]) AND a.node_id = $2"
 )
 ADD_HOURLY = (
     "INSERT INTO usage_hourly (user_id, node_id, engine, hour_ms, uplink_bytes, downlink_bytes)"

@@ -220,8 +220,8 @@ def run_chaos(
         say(f"chaos: seed {seed}, {len(schedule)} faults planned")
         for i, fault in enumerate(schedule, 1):
             chaos.inject(fault)
-            say(f"  [{i}/{len(schedule)}] {fault.kind} on node-{fault.node + 1}"
-                f" (hold {fault.hold}s)")  # fmt: skip
+            where = "central" if fault.kind == "central-restart" else f"node-{fault.node + 1}"
+            say(f"  [{i}/{len(schedule)}] {fault.kind} on {where} (hold {fault.hold}s)")
         verdict = chaos.finish()
     finally:
         if chaos.traffic is not None:

@@ -114,15 +114,6 @@ def wg_owners(desired: DesiredState) -> dict[tuple[str, str], str]:
     return {(p.interface, p.public_key): u.user_id for u in desired.users for p in u.wireguard}
 
 
-def _any_went_down(baselines: dict[str, int], readings: dict[str, int]) -> bool:
-    # Non-integers are left to compute_deltas, which refuses them by name.
-    for name, value in baselines.items():
-        now = readings.get(name, 0)
-        if isinstance(now, int) and now < value:
-            return True
-    return False
-
-
 def parse_wg_marker(marker: str | None) -> dict[str, str]:
     """The wireguard epoch marker: {interface: instance token}; {} if absent."""
     if not marker:
@@ -277,20 +268,18 @@ class Sampler:
             and await self.journal.epoch_marker(ENGINE_PROXY) == tracker.known.id
         )
         baselines = await self.journal.baselines(ENGINE_PROXY, current) if same and current else {}
-        if _any_went_down(baselines, readings):
+        resolve = proxy_resolver(proxy_owners(desired))
+        epoch = current if same and current is not None else next_epoch(current)
+        sample = compute_deltas(
+            baselines, readings, engine=ENGINE_PROXY, epoch=epoch, resolve=resolve
+        )
+        if sample.went_down:
             # The core's counters only go down when it restarts (they outlive a
             # user's removal): a restart too quick for the uptime to show.
             tracker.force_new(after.uptime, trio.current_time(), self.wall_ms())
-            same, baselines = False, {}
+            same, epoch = False, next_epoch(current)
+            sample = compute_deltas({}, readings, engine=ENGINE_PROXY, epoch=epoch, resolve=resolve)
         marker = tracker.known.id
-        epoch = current if same and current is not None else next_epoch(current)
-        sample = compute_deltas(
-            baselines,
-            readings,
-            engine=ENGINE_PROXY,
-            epoch=epoch,
-            resolve=proxy_resolver(proxy_owners(desired)),
-        )
         return await self._commit(sample, now_ms, marker, new_epoch=not same)
 
     # ------------------------------------------------------------ WireGuard

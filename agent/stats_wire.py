@@ -79,6 +79,32 @@ def decode_query_stats(data: bytes) -> dict[str, int]:
     pos = 0
     end = len(data)
     while pos < end:
+        key = data[pos]
+        if key == 0x0A and pos + 1 < end and data[pos + 1] < 0x80:
+            # The common shape, inlined: a Stat shorter than 128 bytes holding
+            # name (<128 bytes) then value -- what every core sends for user counters.
+            stop = pos + 2 + data[pos + 1]
+            if stop > end:
+                raise StatsDecodeError("truncated counter in QueryStats reply")
+            if data[pos + 2] == 0x0A and data[pos + 3] < 0x80:
+                name_end = pos + 4 + data[pos + 3]
+                if name_end + 1 < stop and data[name_end] == 0x10:
+                    if data[name_end + 1] < 0x80:  # one-byte value
+                        value, value_end = data[name_end + 1], name_end + 2
+                    else:
+                        value, value_end = _varint(data, name_end + 1, stop)
+                    if value_end == stop and value < 1 << 63:
+                        try:
+                            counters[data[pos + 4 : name_end].decode()] = value
+                        except UnicodeDecodeError:
+                            pass  # the general path below says what is wrong
+                        else:
+                            pos = stop
+                            continue
+            name, value = _stat(data, pos + 2, stop)
+            counters[name] = value
+            pos = stop
+            continue
         key, pos = _varint(data, pos, end)
         field, wire_type = key >> 3, key & 7
         if field == 1 and wire_type == 2:

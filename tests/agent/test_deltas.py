@@ -238,3 +238,16 @@ def test_epochs_and_restart_detection():
     assert core_restarted(100, 3) is True
     with pytest.raises(CounterError, match="uptime is negative"):
         core_restarted(1, -1)
+
+
+def test_went_down_tells_a_counter_fell_or_vanished():
+    resolve = proxy_resolver({"a@x": "a"})
+    up, down = proxy_counter("a@x", "uplink"), proxy_counter("a@x", "downlink")
+    steady = compute_deltas({up: 5}, {up: 7, down: 1}, engine="proxy", epoch="1", resolve=resolve)
+    assert not steady.went_down and steady.deltas[0].total == 3
+    fell = compute_deltas({up: 5}, {up: 2}, engine="proxy", epoch="1", resolve=resolve)
+    assert fell.went_down and fell.deltas[0].uplink == 2  # counted from zero
+    vanished = compute_deltas({up: 5, down: 9}, {up: 5}, engine="proxy", epoch="1", resolve=resolve)
+    assert vanished.went_down and vanished.deltas == ()
+    fresh = compute_deltas({}, {up: 5}, engine="proxy", epoch="1", resolve=resolve)
+    assert not fresh.went_down

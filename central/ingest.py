@@ -124,8 +124,18 @@ class Applied:
     quota_used: dict[str, int] = field(default_factory=dict)
 
 
-def applied(acked_seq: int, fresh: int, agg: Aggregate, countable: list[CountableUser]) -> Applied:
-    """The Applied of a batch whose writes are done: enforcement inputs after the batch."""
+def applied(
+    acked_seq: int,
+    fresh: int,
+    agg: Aggregate,
+    countable: list[CountableUser],
+    quota_after: dict[str, int] | None = None,
+) -> Applied:
+    """The Applied of a batch whose writes are done: enforcement inputs after the batch.
+
+    quota_after: quota use as the totals update returned it, where other writers may
+    have added to a user since it was read (PostgreSQL replicas); else computed.
+    """
     limits, quota_used = {}, {}
     for user in countable:
         if (
@@ -133,10 +143,13 @@ def applied(acked_seq: int, fresh: int, agg: Aggregate, countable: list[Countabl
             or user.expires_at_ms is not None
             or (user.enforced_reason)
         ):
-            limits[user.user_id] = UserLimits(
+            user_id = user.user_id
+            limits[user_id] = UserLimits(
                 user.data_limit_bytes, user.expires_at_ms, v1.Reason(user.enforced_reason)
             )
-            up, down = agg.per_user[user.user_id]
-            quota_used[user.user_id] = user.quota_used_bytes + up + down
+            if quota_after is not None:
+                quota_used[user_id] = quota_after[user_id]
+            else:
+                quota_used[user_id] = user.quota_used_bytes + sum(agg.per_user[user_id])
     unassigned = sorted(user.user_id for user in countable if not user.assigned)
     return Applied(acked_seq, fresh, agg, unassigned, limits, quota_used)

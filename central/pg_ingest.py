@@ -48,6 +48,8 @@ ADD_USER_TOTALS = (
     " quota_used_bytes = users.quota_used_bytes + t.up + t.down"
     " FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS t(user_id, up, down)"
     " WHERE users.user_id = t.user_id"
+    # Under the row locks: includes what other replicas' committed batches added.
+    " RETURNING users.user_id, users.quota_used_bytes"
 )
 ADD_LEASE_USE = (
     "UPDATE leases SET used_bytes = leases.used_bytes + t.used"
@@ -80,6 +82,7 @@ async def apply_usage(conn: Any, node_id: str, deltas: Sequence[UsageDelta], at:
         CountableUser(*row) for row in await conn.fetch(SELECT_COUNTABLE_USERS, users, node_id)
     ]
     agg = aggregate(node_id, fresh, {user.user_id for user in countable})
+    quota_after: dict[str, int] = {}
     await conn.copy_records_to_table("deltas", records=agg.ledger, columns=LEDGER_COLUMNS)
     if agg.hourly:
         hourly_keys, sums = list(agg.hourly), list(agg.hourly.values())
@@ -92,15 +95,17 @@ async def apply_usage(conn: Any, node_id: str, deltas: Sequence[UsageDelta], at:
             [s[0] for s in sums],
             [s[1] for s in sums],
         )
-        await conn.execute(
-            ADD_USER_TOTALS,
-            list(agg.per_user),
-            [s[0] for s in agg.per_user.values()],
-            [s[1] for s in agg.per_user.values()],
+        quota_after = dict(
+            await conn.fetch(
+                ADD_USER_TOTALS,
+                list(agg.per_user),
+                [s[0] for s in agg.per_user.values()],
+                [s[1] for s in agg.per_user.values()],
+            )
         )
     leased = [user.user_id for user in countable if user.leased and user.user_id in agg.per_user]
     if leased:
         used = [sum(agg.per_user[user_id]) for user_id in leased]
         await conn.execute(ADD_LEASE_USE, leased, used, node_id)
     await conn.execute(ADD_NODE_TOTALS, new_acked, agg.node_uplink, agg.node_downlink, at, node_id)
-    return applied(new_acked, len(fresh), agg, countable)
+    return applied(new_acked, len(fresh), agg, countable, quota_after)

@@ -51,10 +51,6 @@ ADD_USER_TOTALS = (
     " downlink_bytes = downlink_bytes + ?, quota_used_bytes = quota_used_bytes + ?"
     " WHERE user_id = ?"
 )
-# Only users with a data limit hold leases (most fleets: few of them).
-SELECT_LEASED = (
-    "SELECT user_id FROM leases WHERE node_id = ? AND user_id IN (SELECT value FROM json_each(?))"
-)
 ADD_LEASE_USE = "UPDATE leases SET used_bytes = used_bytes + ? WHERE user_id = ? AND node_id = ?"
 ADD_NODE_TOTALS = (
     "UPDATE nodes SET acked_seq = ?, uplink_bytes = uplink_bytes + ?,"

@@ -192,3 +192,45 @@ def test_two_replicas_applying_the_same_batch_at_once_count_it_once(postgres_dsn
     assert [r.acked_seq for r in results] == [200, 200]
     assert user == (2000, 20000)
     assert rows == 200
+
+
+def test_a_replica_decides_on_quota_use_that_includes_another_replicas_commit(postgres_dsn: str):
+    """alice (limit 10**9) on two nodes; each node's batch is applied on its own replica.
+    The second replica read alice before the first committed: its decision must still see
+    both batches, or two half-quota batches would cross the limit unnoticed."""
+    half = 10**9 // 2
+
+    async def main():
+        setup = await asyncpg.connect(postgres_dsn)
+        await pg_schema.migrate(setup)
+        for statement in SETUP:
+            await setup.execute(statement)
+        one, two = [await asyncpg.connect(postgres_dsn) for _ in range(2)]
+        try:
+            first_tx = one.transaction()
+            await first_tx.start()
+            first = await pg_ingest.apply_usage(
+                one, "node-a", [UsageDelta(1, "alice", 1, "1", half, 0, 0)], 1
+            )
+            second_tx = two.transaction()
+            await second_tx.start()
+            second = asyncio.create_task(
+                pg_ingest.apply_usage(
+                    two, "node-b", [UsageDelta(1, "alice", 1, "1", 0, half, 0)], 1
+                )
+            )
+            await asyncio.sleep(0.3)
+            waited = not second.done()  # blocked on alice's row until the first commits
+            await first_tx.commit()
+            second_applied = await asyncio.wait_for(second, 30)
+            await second_tx.commit()
+        finally:
+            for conn in (setup, one, two):
+                await conn.close()
+        return first, second_applied, waited
+
+    first, second, waited = asyncio.run(main())
+    assert waited
+    assert first.quota_used == {"alice": half}
+    assert second.quota_used == {"alice": 2 * half}
+    assert second.limits["alice"].data_limit_bytes == 10**9

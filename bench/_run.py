@@ -1,8 +1,10 @@
 """bench/run's body: every bench/*.py in turn, its output as it comes, then a table
-of every ratio line each printed (lines that mention a ratio or an `N.NNx`)."""
+of every ratio line each printed (lines that mention a ratio, an `N.NNx`, a p50 or
+an RSS)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +12,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-RATIO = re.compile(r"ratio|\d\.?\d*x\b", re.IGNORECASE)
+RATIO = re.compile(r"ratio|\d\.?\d*x\b|\bRSS\b|\bp50\b", re.IGNORECASE)
 TIMEOUT = 1800
 
 
@@ -29,14 +31,20 @@ def ratio_lines(output: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     only = set(argv)
-    scripts = sorted(p for p in BENCH.glob("*.py") if not p.name.startswith("_"))
+    # Benchmarks are the scripts with a main guard; the rest are their helper modules.
+    scripts = sorted(
+        p for p in BENCH.glob("*.py")
+        if not p.name.startswith("_") and '__name__ == "__main__"' in p.read_text()
+    )  # fmt: skip
     scripts = [p for p in scripts if not only or p.stem in only]
     results: dict[str, tuple[int, float, list[str]]] = {}
     for script in scripts:
         print(f"=== {script.name}", flush=True)
         started = time.monotonic()
+        env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}  # `tests.support` importable
         proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, cwd=BENCH.parent)  # fmt: skip
+                                stderr=subprocess.STDOUT, text=True, cwd=BENCH.parent,
+                                env=env)  # fmt: skip
         out = []
         assert proc.stdout is not None
         for line in proc.stdout:

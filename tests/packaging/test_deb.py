@@ -65,18 +65,30 @@ def test_program_runs_version_help_and_man(installed: Chroot, packages: Packages
     assert "NAME" in page and "SYNOPSIS" in page and "/etc/edgeward/" in page
 
 
-def test_agent_status_command(installed: Chroot):
-    usage = installed.run(AGENT, "--help").stdout
-    if not re.search(r"^\s+status\b", usage, re.MULTILINE):
-        pytest.skip(
-            "PENDING: edgeward-agent has no `status` command yet (the agent daemon is "
-            "being written); this check runs as soon as `status` exists"
-        )
-    done = installed.run(AGENT, "status", check=False)
-    # no agent runs in the chroot: status must say so plainly and fail
+def test_agent_status_without_a_running_daemon_says_so(installed: Chroot):
+    config = installed.path("/etc/edgeward/agent.toml")
+    shipped = config.read_text()
+    try:
+        # the shipped config with a node id, as after enrollment; no daemon runs here
+        assert '\nnode_id = ""\n' in shipped
+        config.write_text(shipped.replace('\nnode_id = ""\n', '\nnode_id = "edge-1"\n'))
+        done = installed.run(AGENT, "status", check=False)
+    finally:
+        config.write_text(shipped)
     assert "Traceback" not in done.stderr, done.stderr
-    assert done.returncode != 0, done.stdout
-    assert (done.stdout + done.stderr).strip()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr == (
+        "Error: edgeward-agent is not running "
+        "(no control socket at /run/edgeward-agent/control.sock)\n"
+    )
+
+
+def test_agent_status_with_the_shipped_config_names_the_missing_node_id(installed: Chroot):
+    done = installed.run(AGENT, "status", check=False)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "node_id '' is not a valid node id" in done.stderr
 
 
 @pytest.mark.parametrize("package", [AGENT, CENTRAL])
@@ -89,7 +101,9 @@ def test_units_pass_systemd_analyze_verify(installed: Chroot, package):
 def test_upgrade_keeps_edited_config_and_purge_removes_it(chroot: Chroot, packages: Packages):
     config = chroot.path("/etc/edgeward/agent.toml")
     chroot.run("dpkg", "-i", chroot.copy_in(packages.old.deb(AGENT)))
-    edited = config.read_text() + '\nnode_id = "edge-1"  # set by the operator\n'
+    shipped = config.read_text()
+    edited = shipped.replace('\nnode_id = ""\n', '\nnode_id = "edge-1"  # set by the operator\n')
+    assert edited != shipped
     config.write_text(edited)
     journal = chroot.path("/var/lib/edgeward-agent/journal.sqlite")
     journal.parent.mkdir()  # as systemd's StateDirectory= does at the first start
@@ -137,7 +151,8 @@ except PermissionError:
 sys.path.insert(0, "/usr/lib/PACKAGE")
 import edgeward
 for module in pkgutil.walk_packages(edgeward.__path__, "edgeward."):
-    importlib.import_module(module.name)
+    if not module.name.endswith(".__main__"):  # importing one runs its program
+        importlib.import_module(module.name)
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 ec.generate_private_key(ec.SECP256R1()).sign(b"x", ec.ECDSA(hashes.SHA256()))

@@ -67,12 +67,17 @@ class Fleet:
     ) -> None:
         self.layout = layout
         self.procs = Processes(layout.run_dir)
-        # The operator's CLI when this edgeward has it; central's storage otherwise.
-        self.admin: CliAdmin | StorageAdmin = (
-            CliAdmin(layout) if admin_cli_available() else StorageAdmin(layout)
-        )
+        self._admin: CliAdmin | StorageAdmin | None = None
         self.sample_interval = sample_interval
         self.say: Say = say or (lambda _text: None)
+
+    @property
+    def admin(self) -> CliAdmin | StorageAdmin:
+        """The operator's CLI when this edgeward has it; central's storage otherwise."""
+        if self._admin is None:
+            layout = self.layout
+            self._admin = CliAdmin(layout) if admin_cli_available() else StorageAdmin(layout)
+        return self._admin
 
     # ------------------------------------------------------------ up
 

@@ -38,6 +38,7 @@ from edgeward.agent.journal_records import (
     LocalDecision,
     OutboxStats,
     PendingDelta,
+    StoredDesired,
     StreamKey,
 )
 from edgeward.agent.journal_schema import SCHEMA_VERSION, JournalError, JournalFullError
@@ -55,6 +56,7 @@ __all__ = [
     "LocalDecision",
     "OutboxStats",
     "PendingDelta",
+    "StoredDesired",
     "open_journal",
 ]
 
@@ -148,10 +150,15 @@ class Journal:
         return await self._run(self._store.outbox_totals)
 
     # desired / applied
-    async def set_desired(self, revision: int, snapshot: bytes) -> None:
-        await self._run(self._store.set_desired, revision, snapshot)
+    async def set_desired(self, revision: int, users: Mapping[str, bytes]) -> None:
+        await self._run(self._store.set_desired, revision, dict(users))
 
-    async def desired(self) -> tuple[int, bytes] | None:
+    async def change_desired(
+        self, revision: int, upserts: Mapping[str, bytes], removed: Iterable[str]
+    ) -> None:
+        await self._run(self._store.change_desired, revision, dict(upserts), list(removed))
+
+    async def desired(self) -> StoredDesired | None:
         return await self._run(self._store.desired)
 
     async def set_applied(self, engine: str, changes: Mapping[str, object | None]) -> None:

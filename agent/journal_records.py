@@ -68,3 +68,14 @@ class Lease:
     @property
     def remaining(self) -> int:
         return max(0, self.granted - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDesired:
+    """The desired state as the journal holds it: user id -> serialized UserSpec.
+    legacy_snapshot: a whole serialized DesiredSnapshot from a journal written
+    before per-user rows (empty once the agent re-stored it)."""
+
+    revision: int
+    users: dict[str, bytes]
+    legacy_snapshot: bytes = b""

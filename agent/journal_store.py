@@ -34,6 +34,7 @@ from edgeward.agent.journal_records import (
     LocalDecision,
     OutboxStats,
     PendingDelta,
+    StoredDesired,
     StreamKey,
 )
 from edgeward.agent.journal_schema import JournalError, JournalFullError, open_connection
@@ -337,20 +338,39 @@ class JournalStore:
 
     # ------------------------------------------------------------ desired / applied
 
-    def set_desired(self, revision: int, snapshot: bytes) -> None:
-        if revision < 0:
-            raise ValueError(f"revision must not be negative, got {revision}")
+    def set_desired(self, revision: int, users: Mapping[str, bytes]) -> None:
+        """Replace the whole desired state (a snapshot from central)."""
+        _check_revision(revision)
         with self._tx(durable=True) as conn:
-            conn.execute(
-                "INSERT INTO desired (id, revision, snapshot) VALUES (1, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET revision = excluded.revision, "
-                "snapshot = excluded.snapshot",
-                (revision, bytes(snapshot)),
+            _put_revision(conn, revision)
+            conn.execute("DELETE FROM desired_users")
+            conn.executemany(
+                "INSERT INTO desired_users (user_id, spec) VALUES (?, ?)",
+                [(user_id, bytes(spec)) for user_id, spec in users.items()],
             )
 
-    def desired(self) -> tuple[int, bytes] | None:
+    def change_desired(
+        self, revision: int, upserts: Mapping[str, bytes], removed: Iterable[str]
+    ) -> None:
+        """Apply a change: only the users it names are written."""
+        _check_revision(revision)
+        with self._tx(durable=True) as conn:
+            _put_revision(conn, revision)
+            conn.executemany("DELETE FROM desired_users WHERE user_id = ?", [(u,) for u in removed])
+            conn.executemany(
+                "INSERT INTO desired_users (user_id, spec) VALUES (?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET spec = excluded.spec",
+                [(user_id, bytes(spec)) for user_id, spec in upserts.items()],
+            )
+
+    def desired(self) -> StoredDesired | None:
         row = self._conn.execute("SELECT revision, snapshot FROM desired").fetchone()
-        return None if row is None else (row[0], bytes(row[1]))
+        if row is None:
+            return None
+        users = {u: bytes(spec) for u, spec in self._conn.execute(
+            "SELECT user_id, spec FROM desired_users ORDER BY user_id"
+        )}  # fmt: skip
+        return StoredDesired(row[0], users, bytes(row[1]))
 
     def set_applied(self, engine: str, changes: Mapping[str, object | None]) -> None:
         """Record what an engine now holds per user; None removes the user."""
@@ -472,3 +492,17 @@ def _validate_sample(sample: Sample) -> None:
     for name, value in sample.baselines.items():
         if not isinstance(value, int) or value < 0:
             raise CounterError(f"baseline {name!r} is not a byte count: {value!r}")
+
+
+def _check_revision(revision: int) -> None:
+    if revision < 0:
+        raise ValueError(f"revision must not be negative, got {revision}")
+
+
+def _put_revision(conn: sqlite3.Connection, revision: int) -> None:
+    # The legacy whole-snapshot column is emptied: per-user rows are the truth now.
+    conn.execute(
+        "INSERT INTO desired (id, revision, snapshot) VALUES (1, ?, x'') "
+        "ON CONFLICT (id) DO UPDATE SET revision = excluded.revision, snapshot = x''",
+        (revision,),
+    )

@@ -285,6 +285,11 @@ def user_to_wire(user: DesiredUser) -> v1.UserSpec:
     )
 
 
+def encode_users(users: Iterable[DesiredUser]) -> dict[str, bytes]:
+    """user id -> serialized UserSpec (the journal's per-user rows)."""
+    return {user.user_id: bytes(user_to_wire(user)) for user in users}
+
+
 def desired_from_wire(snapshot: v1.DesiredSnapshot) -> DesiredState:
     """The whole snapshot, or SpecError listing every bad user (nothing is half-taken)."""
     state, errors = desired_from_wire_lenient(snapshot)

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +29,14 @@ import trio
 from edgeward.proto import v1
 
 from .deltas import ENGINES, Sample
-from .journal import EnforcementState, Journal, Lease, LocalDecision
+from .journal import EnforcementState, Journal, Lease, LocalDecision, StoredDesired
 from .local_enforcement import LOCAL_REASONS, decide, effective_desired
 from .model import (
     DesiredState,
     DesiredUser,
     SpecError,
     desired_from_wire,
-    desired_to_wire,
+    encode_users,
     user_from_wire,
 )
 
@@ -151,6 +151,19 @@ def check_leases(leases: Iterable[v1.Lease]) -> list[tuple[str, int, int]]:
 Subscriber = Callable[[DesiredState], None]
 
 
+def desired_from_journal(stored: StoredDesired) -> DesiredState:
+    """The desired state the journal holds (per-user rows, or a legacy snapshot)."""
+    if stored.legacy_snapshot and not stored.users:
+        state = desired_from_wire(v1.DesiredSnapshot.parse(stored.legacy_snapshot))
+        return DesiredState(stored.revision, state.users)
+    return desired_from_wire(
+        v1.DesiredSnapshot(
+            revision=stored.revision,
+            users=[v1.UserSpec.parse(spec) for spec in stored.users.values()],
+        )
+    )
+
+
 class Node:
     """See the module docstring. Build with `await Node.load(journal)`."""
 
@@ -173,10 +186,9 @@ class Node:
         node = cls(journal, clock=clock)
         stored = await journal.desired()
         if stored is not None:
-            revision, blob = stored
-            node.desired = desired_from_wire(v1.DesiredSnapshot.parse(blob))
-            if node.desired.revision != revision:
-                node.desired = DesiredState(revision, node.desired.users)
+            node.desired = desired_from_journal(stored)
+            if stored.legacy_snapshot:  # a journal from before per-user rows
+                await journal.set_desired(node.desired.revision, encode_users(node.desired.users))
         node.enforcement = await journal.enforcement()
         node.leases = await journal.leases()
         node.applied = {engine: await journal.applied(engine) for engine in ENGINES}
@@ -249,8 +261,18 @@ class Node:
         for subscriber in self._subscribers:
             subscriber(effective)
 
-    async def _store_desired(self, state: DesiredState) -> None:
-        await self.journal.set_desired(state.revision, bytes(desired_to_wire(state)))
+    async def _store_desired(
+        self,
+        state: DesiredState,
+        change: tuple[Sequence[DesiredUser], Iterable[str]] | None = None,
+    ) -> None:
+        """Journal then take `state`; `change` (upserts, removed ids): only those
+        users are written (a burst of one-user changes stays cheap at 10k users)."""
+        if change is None:
+            await self.journal.set_desired(state.revision, encode_users(state.users))
+        else:
+            upserts, removed = change
+            await self.journal.change_desired(state.revision, encode_users(upserts), removed)
         self.desired = state
         # Central's desired state is its truth: a suspension it commanded earlier
         # but no longer holds (its resume was sent while this node was away) ends.
@@ -309,7 +331,7 @@ class Node:
                 state = DesiredState(change.revision, tuple(by_id[k] for k in sorted(by_id)))
             except SpecError as e:
                 raise RefusedInput(f"desired change rev {change.revision} refused: {e}") from None
-            await self._store_desired(state)
+            await self._store_desired(state, (upserts, removed))
             gone = [u for u in self.leases if u not in by_id]
             if gone:
                 await self.journal.drop_leases(gone)

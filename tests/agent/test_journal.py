@@ -237,18 +237,27 @@ async def test_desired_and_applied_state_round_trip(tmp_path):
             )
         ],
     )
+    alice, bob = (v1.UserSpec(user_id=u, expires_at_ms=1) for u in ("alice", "bob"))
     async with open_journal(path) as journal:
-        await journal.set_desired(41, b"older")
-        await journal.set_desired(snapshot.revision, bytes(snapshot))
+        await journal.set_desired(41, {"old": b"older"})
+        await journal.set_desired(snapshot.revision, {"user-1": bytes(snapshot.users[0])})
+        await journal.change_desired(43, {"alice": bytes(alice), "bob": bytes(bob)}, ())
+        await journal.change_desired(44, {"bob": bytes(v1.UserSpec(user_id="bob"))}, ["alice"])
         await journal.set_applied(ENGINE_PROXY, {"user-1": {"email": "u1@x"}, "user-2": [1]})
         await journal.set_applied(ENGINE_PROXY, {"user-2": None})
         await journal.set_applied(ENGINE_WIREGUARD, {"user-1": {"peer": "K="}})
     async with open_journal(path) as journal:
         stored = await journal.desired()
-        assert stored is not None and stored[0] == 42
-        assert v1.DesiredSnapshot.parse(stored[1]) == snapshot
+        assert stored is not None and stored.revision == 44 and not stored.legacy_snapshot
+        assert stored.users == {
+            "bob": bytes(v1.UserSpec(user_id="bob")),
+            "user-1": bytes(snapshot.users[0]),
+        }
         assert await journal.applied(ENGINE_PROXY) == {"user-1": {"email": "u1@x"}}
         assert await journal.applied(ENGINE_WIREGUARD) == {"user-1": {"peer": "K="}}
+        with pytest.raises(ValueError, match="revision must not be negative"):
+            await journal.change_desired(-1, {}, ["bob"])
+        assert (await journal.desired()) == stored  # nothing changed
 
 
 async def test_enforcement_decisions_and_leases(tmp_path):

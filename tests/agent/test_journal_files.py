@@ -198,13 +198,16 @@ async def test_upgrade_from_schema_1_keeps_everything(tmp_path):
             (6, "user-a", 100, 200),
             (7, "user-a", 50, 0),
         ]
-        assert await journal.desired() == (12, b"\x08\x02")
+        stored = await journal.desired()  # schema 1's whole snapshot, kept for the node
+        assert (stored.revision, stored.users, stored.legacy_snapshot) == (12, {}, b"\x08\x02")
         stats = await journal.outbox_stats()
         assert (stats.high_seq, stats.acked_seq) == (7, 5)
-        # the tables of schema 2 work
+        # the tables of schemas 2 and 3 work
         assert await journal.grant_leases([("user-a", 1, 10)]) == 1
+        await journal.change_desired(13, {"user-a": b"\x0a\x01a"}, ())
+        assert (await journal.desired()).users == {"user-a": b"\x0a\x01a"}
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     conn.close()
 
 
@@ -214,11 +217,12 @@ async def test_failed_migration_rolls_back_to_the_old_version(tmp_path, monkeypa
     broken = "CREATE TABLE extra (a INTEGER);\nCREATE TABLE seqs (b INTEGER);\n"
     monkeypatch.setattr(journal_schema, "MIGRATIONS", [*journal_schema.MIGRATIONS, broken])
     with pytest.raises(
-        JournalError, match="migration to schema 3 failed: table seqs already exists"
+        JournalError,
+        match=f"migration to schema {SCHEMA_VERSION + 1} failed: table seqs already exists",
     ):
         await Journal.open(path)
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
     assert "extra" not in tables

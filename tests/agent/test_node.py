@@ -4,6 +4,7 @@ malformed input from central on a real journal file (nothing stored changes)."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -201,3 +202,43 @@ async def test_a_central_suspension_whose_resume_was_missed_ends_with_the_next_s
     await node.apply_snapshot(v1.DesiredSnapshot(revision=5, users=[suspended]))
     assert pushed[-1].user("alice").suspended
     await node.journal.aclose()
+
+
+async def test_changes_write_only_their_users_and_survive_a_restart(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    async with open_journal(path) as journal:
+        node = await Node.load(journal)
+        await node.apply_snapshot(v1.DesiredSnapshot(revision=3, users=[spec("alice")]))
+        alice_row = (await journal.desired()).users["alice"]
+        bob = spec("bob")
+        change = v1.DesiredChange(revision=4, base_revision=3, upserts=[bob])
+        assert await node.apply_change(change)
+        stored = await journal.desired()
+        # alice's row was not rewritten; bob's is his spec as the agent encodes it
+        assert stored.revision == 4 and stored.users["alice"] == alice_row
+        assert set(stored.users) == {"alice", "bob"}
+        gone = v1.DesiredChange(revision=5, base_revision=4, removed_user_ids=["alice"])
+        assert await node.apply_change(gone)
+    async with open_journal(path) as journal:
+        again = await Node.load(journal)
+        assert again.desired.revision == 5
+        assert [u.user_id for u in again.desired.users] == ["bob"]
+        assert again.desired.user("bob").proxies[0].secret == bob.proxies[0].secret
+
+
+async def test_a_journal_holding_a_whole_snapshot_is_moved_into_user_rows(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    snapshot = v1.DesiredSnapshot(revision=7, users=[spec("alice"), spec("bob")])
+    async with open_journal(path) as journal:
+        await journal.set_desired(7, {})
+    # as an agent from before per-user rows left it
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE desired SET snapshot = ?", (bytes(snapshot),))
+    conn.commit()
+    conn.close()
+    async with open_journal(path) as journal:
+        node = await Node.load(journal)
+        assert [u.user_id for u in node.desired.users] == ["alice", "bob"]
+        assert node.desired.revision == 7
+        stored = await journal.desired()
+        assert set(stored.users) == {"alice", "bob"} and stored.legacy_snapshot == b""

@@ -72,7 +72,7 @@ async def test_deltas_reach_central_once_and_leave_the_journal_only_after_ack(tm
             assert (await journal.outbox_stats()).rows == 0
             # The snapshot and the lease grant arrived through the node into the journal.
             assert {u.user_id for u in node.desired.users} == {"alice", "bob"}
-            assert (await journal.desired())[0] == node.revision > 0
+            assert (await journal.desired()).revision == node.revision > 0
             assert set(await journal.leases()) == {"alice"}
             # More traffic while connected is sent without reconnecting.
             await node.commit_sample(sample("e1", ("bob", 1, 1)), sampled_at_ms=3)

@@ -29,11 +29,13 @@ class Traffic:
     def __init__(
         self, flows: list[Flow], target: tuple[str, int], *, seed: int = 0,
         sizes: tuple[int, int] = (64 << 10, 768 << 10), timeout: float = 5.0,
+        pace: tuple[float, float] = (0.05, 0.25),
     ) -> None:  # fmt: skip
         self.flows = flows
         self.target = target
         self.sizes = sizes
         self.timeout = timeout
+        self.pace = pace  # seconds between a flow's fetches (uniform): keeps a shared box usable
         self._rng = random.Random(seed)
         self._cond = threading.Condition()
         self._paused: set[str] = set()
@@ -74,7 +76,7 @@ class Traffic:
                 with self._cond:
                     self._in_flight[flow.node] -= 1
                     self._cond.notify_all()
-            self._stop.wait(rng.uniform(0.0, 0.1))
+            self._stop.wait(rng.uniform(*self.pace))
 
     def pause(self, node: str, timeout: float = 30.0) -> None:
         """No connection to node is open when this returns."""

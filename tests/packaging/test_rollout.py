@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.admin.fleet import Fleet, running_fleet
 from tests.packaging.conftest import Packages
+from tests.packaging.rollout_fleet import (
+    ChrootNode,
+    health,
+    health_command,
+    transport_command,
+    wait_health,
+)
 from tests.packaging.system import REPO, Chroot, ChrootCache, run
 
 spec = importlib.util.spec_from_file_location(
@@ -87,53 +95,72 @@ def broken_copy(deb: Path, where: Path) -> Path:
     return broken
 
 
-def versions(nodes: list[Chroot]) -> list[str]:
-    query = ("dpkg-query", "-W", "-f=${Version}", "edgeward-agent")
-    return [node.run(*query).stdout for node in nodes]
+def roll(nodes_file: Path, fleet: Fleet, nodes_dir: Path, package: Path, previous: Path):
+    return subprocess.run(
+        [str(REPO / "packaging/rollout/rollout"), "--package", str(package),
+         "--previous", str(previous), "--nodes", str(nodes_file),
+         "--transport", transport_command(nodes_dir), "--health", health_command(fleet),
+         "--canary", "1", "--batch", "2", "--timeout", str(HEALTHY_WITHIN), "--interval", "0.5"],
+        text=True, capture_output=True, timeout=300,
+    )  # fmt: skip
 
 
-def test_rollout_stops_at_a_broken_canary_rolls_back_then_rolls_a_good_version(
+# Seconds a node gets to report healthy; a good node needs about one (agent start,
+# TLS, Hello), the broken canary uses all of it.
+HEALTHY_WITHIN = 15
+
+
+def test_rollout_over_real_agents_stops_a_broken_release_at_the_canary_then_rolls_a_good_one(
     chroot_cache: ChrootCache, packages: Packages, tmp_path: Path
 ):
-    nodes = [Chroot.extract(chroot_cache.wait(), tmp_path / f"node{i}") for i in range(3)]
-    try:
-        old, new = packages.old.deb("edgeward-agent"), packages.new.deb("edgeward-agent")
-        for node in nodes:
-            node.run("dpkg", "-i", node.copy_in(old))
-        node_list = tmp_path / "nodes.txt"
-        node_list.write_text("".join(f"{node.root}\n" for node in nodes))
-        probe = Path(__file__).with_name("chroot_node_health.py")
+    old_deb, new_deb = packages.old.deb("edgeward-agent"), packages.new.deb("edgeward-agent")
+    old, new = packages.old.version, packages.new.version
+    nodes_dir = tmp_path / "nodes"
+    tarball = chroot_cache.wait()
+    nodes: list[ChrootNode] = []
+    with running_fleet(tmp_path / "central") as fleet:
+        try:
+            for i in range(3):
+                node = ChrootNode(f"edge-{i}", Chroot.extract(tarball, nodes_dir / f"edge-{i}"))
+                nodes.append(node)
+                node.install_and_enroll(fleet, old_deb)
+                node.start()
+            for node in nodes:
+                wait_health(fleet, node.node_id, connected=True, version=old)
+            nodes_file = tmp_path / "nodes.txt"
+            nodes_file.write_text("".join(f"{node.node_id}\n" for node in nodes))
+            untouched = {node.node_id: node.agent_pid for node in nodes[1:]}
 
-        def roll(package: Path) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [str(REPO / "packaging/rollout/rollout"), "--package", str(package),
-                 "--previous", str(old), "--nodes", str(node_list),
-                 "--transport", "chroot {node}",
-                 "--health", f"{sys.executable} {probe} {{node}}",
-                 "--canary", "1", "--batch", "2", "--timeout", "3", "--interval", "0.5"],
-                text=True, capture_output=True, timeout=300,
-            )  # fmt: skip
+            failed = roll(nodes_file, fleet, nodes_dir, broken_copy(new_deb, tmp_path), old_deb)
+            assert failed.returncode == 1, failed.stdout + failed.stderr
+            assert "rollout: STOP at canary: edge-0: not healthy after 15s: " in failed.stdout
+            assert "not connected to central" in failed.stdout, failed.stdout
+            assert "rolled back 1 node(s)" in failed.stdout
+            assert "edge-1" not in failed.stdout and "edge-2" not in failed.stdout
+            # the broken agent did start on the canary, and died at once
+            assert "edgeward_module_left_out_of_the_build" in nodes[0].log
+            # the canary reconnects on its old version; the others never saw the release
+            wait_health(fleet, "edge-0", connected=True, version=old)
+            assert [node.package_version() for node in nodes] == [f"{old}-1"] * 3
+            assert {node.node_id: node.agent_pid for node in nodes[1:]} == untouched
+            for node in nodes[1:]:
+                assert health(fleet, node.node_id)["version"] == old
 
-        old_version = f"{packages.old.version}-1"
-        failed = roll(broken_copy(new, tmp_path))
-        assert failed.returncode == 1, failed.stdout + failed.stderr
-        assert f"STOP at canary: {nodes[0].root}: not healthy" in failed.stdout
-        assert "not connected to central" in failed.stdout, failed.stdout
-        # the canary has its old version back and runs; the others were never touched
-        assert versions(nodes) == [old_version] * 3
-        assert nodes[0].run("edgeward-agent", "--version").stdout.split()[-1] == (
-            packages.old.version
-        )
-        assert str(nodes[1].root) not in failed.stdout
-
-        good = roll(new)
-        assert good.returncode == 0, good.stdout + good.stderr
-        assert versions(nodes) == [f"{packages.new.version}-1"] * 3
-        stages = [line for line in good.stdout.splitlines() if ": /" in line and "batch" in line]
-        assert stages == [f"rollout: batch 1: {nodes[1].root}, {nodes[2].root}"]
-    finally:
-        for node in nodes:
-            shutil.rmtree(node.root, ignore_errors=True)
+            good = roll(nodes_file, fleet, nodes_dir, new_deb, old_deb)
+            assert good.returncode == 0, good.stdout + good.stderr
+            lines = good.stdout.splitlines()
+            assert "rollout: canary: edge-0" in lines
+            assert "rollout: batch 1: edge-1, edge-2" in lines
+            assert f"rollout: done: 3 nodes on {new}" in lines
+            for node in nodes:  # central's own view, after the rollout
+                report = health(fleet, node.node_id)
+                assert (report["connected"], report["version"]) == (True, new), report
+                assert report["outbox"] == 0 and report["healthy"], report
+                assert node.package_version() == f"{new}-1"
+        finally:
+            for node in nodes:
+                node.stop()  # SIGTERM, then SIGKILL after a bounded wait
+                shutil.rmtree(node.root, ignore_errors=True)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ from pathlib import Path
 SERVICE = "edgeward-agent"
 COMMAND = ("/usr/bin/edgeward-agent", "run", "--config", "/etc/edgeward/agent.toml")
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+INSTALL_TIMEOUT = 300.0  # the install command run in the chroot
 STOP_TIMEOUT = 15.0  # seconds after SIGTERM before SIGKILL; the agent's stop_grace is less
 
 
@@ -125,7 +126,11 @@ def restart(root: Path) -> int:
 
 
 def transport(root: Path, command: list[str]) -> int:
-    done = subprocess.run(["chroot", str(root), *command], env=ENV)
+    try:
+        done = subprocess.run(["chroot", str(root), *command], env=ENV, timeout=INSTALL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        print(f"chroot_agent.py: {command[0]} took over {INSTALL_TIMEOUT:g}s", file=sys.stderr)
+        return 124
     if done.returncode == 0:
         restart(root)
     return done.returncode

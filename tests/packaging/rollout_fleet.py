@@ -112,6 +112,14 @@ class ChrootNode:
         return chroot_agent.running_pid(self.root)
 
     @property
+    def agent_uid(self) -> int | None:
+        pid = self.agent_pid
+        if pid is None:
+            return None
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+    @property
     def log(self) -> str:
         path = chroot_agent.log_file(self.root)
         return path.read_text(errors="replace") if path.exists() else ""

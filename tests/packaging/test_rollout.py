@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.admin.fleet import Fleet, running_fleet
+from tests.packaging import chroot_agent
 from tests.packaging.conftest import Packages
 from tests.packaging.rollout_fleet import (
     ChrootNode,
@@ -127,6 +128,8 @@ def test_rollout_over_real_agents_stops_a_broken_release_at_the_canary_then_roll
                 node.start()
             for node in nodes:
                 wait_health(fleet, node.node_id, connected=True, version=old)
+                # as the unit runs it: the service user, reading the key enroll wrote as root
+                assert node.agent_uid == chroot_agent.service_ids(node.root)[0] != 0
             nodes_file = tmp_path / "nodes.txt"
             nodes_file.write_text("".join(f"{node.node_id}\n" for node in nodes))
             untouched = {node.node_id: node.agent_pid for node in nodes[1:]}

@@ -33,7 +33,10 @@ def _fleet(directory: Path, name: str, subnet: int) -> Fleet:
 @click.pass_context
 def main(ctx: click.Context, directory: Path, name: str, subnet: int) -> None:
     """A local edgeward fleet: central plus two nodes in network namespaces."""
-    ctx.obj = _fleet(directory, name, subnet)
+    try:
+        ctx.obj = _fleet(directory, name, subnet)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _interrupted(*_args: object) -> None:
@@ -83,15 +86,19 @@ def up(fleet: Fleet, with_demo: bool, duration: float) -> None:
 def instructions(fleet: Fleet) -> list[str]:
     layout = fleet.layout
     node = layout.nodes[0]
+    admin = f".venv/bin/edgeward --config {layout.dir / 'admin.toml'}"
     return [
         "",
         f"The fleet keeps running (state in {layout.dir}). Look at it with:",
-        f"  .venv/bin/edgeward pki --ca-dir {layout.pki_dir} show",
-        f"  .venv/bin/edgeward-agent status --json --config {node.agent_config}",
+        f"  {admin} users list",
+        f"  {admin} usage --by node",
+        f"  {admin} explain carol",
+        f"  {admin} nodes list",
+        f"  .venv/bin/edgeward-agent status --config {node.agent_config}",
         f"  ip netns exec {node.ns} wg show {node.wg_iface}",
-        "  scripts/fleet status",
-        f"Logs: {layout.run_dir}/*.log",
-        "Stop it and remove its namespaces: scripts/fleet down",
+        f"  .venv/bin/edgeward pki --ca-dir {layout.pki_dir} show",
+        f"  scripts/fleet status      (logs: {layout.run_dir}/*.log)",
+        "Stop it and remove its namespaces and links: scripts/fleet down",
     ]
 
 

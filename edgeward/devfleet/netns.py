@@ -8,6 +8,7 @@ crash and `down` twice both work. Only the fleet's own names are touched.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import subprocess
 import threading
@@ -68,9 +69,33 @@ def _attach(layout: FleetLayout, ns: str, veth_host: str, veth_ns: str, address:
                  f"link set {veth_ns} up")  # fmt: skip
 
 
+def subnet_in_use(layout: FleetLayout) -> str | None:
+    """A host route into the fleet's /24 that is not the fleet's own bridge, if any:
+    the fleet would shadow (or be shadowed by) a real network."""
+    fleet_net = ipaddress.ip_network(f"{layout.prefix}.0/24")
+    for line in run("ip", "-4", "route", "show", "table", "all", check=False).splitlines():
+        words = line.split()
+        if not words or "dev" not in words or words[words.index("dev") + 1] == layout.bridge:
+            continue
+        dest = words[1] if words[0] in ("local", "broadcast", "unicast") else words[0]
+        try:
+            net = ipaddress.ip_network(dest, strict=False)
+        except ValueError:
+            continue  # "default" and other non-prefix words
+        if net.overlaps(fleet_net):
+            return line.strip()
+    return None
+
+
 def build(layout: FleetLayout) -> None:
     """Bridge with central's and the blob server's addresses; a namespace per node and
     one for WireGuard clients, each joined to the bridge by a veth."""
+    conflict = subnet_in_use(layout)
+    if conflict:
+        raise NetError(
+            f"{layout.prefix}.0/24 is already used on this machine ({conflict});"
+            " pick another with --subnet"
+        )
     if not link_exists(layout.bridge):
         ip_batch(
             None,

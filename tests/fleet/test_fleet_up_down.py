@@ -4,6 +4,7 @@ central, pid files; up and down both idempotent, nothing left behind."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -110,3 +111,29 @@ def test_cut_central_drops_only_central(fleet):
     assert reaches(BLOB_PORT, layout.blob_address)
     netns.restore_central(layout, node)
     assert reaches(7443, layout.central_address)
+
+
+def test_a_subnet_already_used_on_the_host_is_refused_and_nothing_is_made(fleet):
+    layout = fleet.layout
+    link = f"{layout.name}x0"
+    netns.run("ip", "link", "add", link, "type", "veth", "peer", "name", f"{layout.name}x1")
+    try:
+        netns.run("ip", "addr", "add", f"{layout.prefix}.200/24", "dev", link)
+        netns.run("ip", "link", "set", link, "up")
+        with pytest.raises(netns.NetError, match=rf"{layout.prefix}.0/24 is already used"):
+            fleet.up(agents=False)
+        assert netns.leftovers(layout) == []
+        assert fleet.procs.names() == []
+    finally:
+        netns.run("ip", "link", "del", link, check=False)
+
+
+def test_bad_fleet_options_are_refused_with_the_reason(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeward.devfleet", "--dir", str(tmp_path / "f"),
+         "--subnet", "66", "up"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "subnet 66 must be 16..254 and not 66 (the WireGuard pool)" in proc.stderr
+    assert not (tmp_path / "f").exists()

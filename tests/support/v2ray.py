@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeward.devfleet.blob import BlobHandler
+
 from .ports import free_port, wait_listening
 from .rawcore import raw_uptime
 
@@ -263,34 +265,11 @@ def fetch_through(socks_port: int, url: str, timeout: float = 10.0) -> int:
     return int(result.stdout.strip() or 0)
 
 
-class _BlobHandler(http.server.BaseHTTPRequestHandler):
-    # GET /blob/N answers exactly N bytes.
-    def do_GET(self) -> None:
-        try:
-            size = int(self.path.rsplit("/", 1)[-1])
-        except ValueError:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(size))
-        self.end_headers()
-        chunk = b"\xa5" * 65536
-        remaining = size
-        while remaining > 0:
-            n = min(remaining, len(chunk))
-            self.wfile.write(chunk[:n])
-            remaining -= n
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 class BlobServer:
     """A threaded HTTP server on loopback that serves a known number of bytes."""
 
     def __init__(self) -> None:
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BlobHandler)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BlobHandler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 from edgeward.proto import v1
 
-from .admin_records import NodeInbound, NodeRow, Plan
+from .admin_records import LINK_PARAMS, NodeInbound, NodeRow, Plan
 from .desired import Inbound
 from .node_links import NodeLinkState
 from .records import User
-
-PARAM_FIELDS = (
-    "network",
-    "security",
-    "sni",
-    "path",
-    "host",
-    "public_key",
-    "short_id",
-    "fingerprint",
-    "dns",
-    "allowed_ips",
-)
 
 
 def inbound_to_proto(item: NodeInbound) -> v1.InboundInfo:
@@ -29,7 +16,7 @@ def inbound_to_proto(item: NodeInbound) -> v1.InboundInfo:
         tag=i.tag, engine=i.engine, protocol=i.protocol, flow=i.flow, cipher=i.cipher,
         port=item.port,
     )  # fmt: skip
-    for name in PARAM_FIELDS:
+    for name in LINK_PARAMS:
         setattr(message, name, item.params.get(name, ""))
     return message
 
@@ -42,7 +29,7 @@ def inbound_from_proto(message: v1.InboundInfo) -> NodeInbound:
         message.flow,
         message.cipher,
     )
-    params = {name: getattr(message, name) for name in PARAM_FIELDS if getattr(message, name)}
+    params = {name: getattr(message, name) for name in LINK_PARAMS if getattr(message, name)}
     return NodeInbound(inbound, message.port, params)
 
 

@@ -17,13 +17,15 @@ RSS (goal <= 80 MB).
 
     .venv/bin/python bench/sample.py [--users 10000] [--rounds 5]
 
-Measured here (2 shared cores, 10,000 users, 20,000 live counters, 3 runs):
-bare QueryStats+decode 181-212 ms median, of which betterproto2's decode of
-the ~950 KB reply is ~184 ms (the RPC itself is a few ms); agent cycle
-nothing moved 201-216 ms (1.02-1.15x), 10% moved 227-246 ms (1.16-1.28x),
-all moved 289-331 ms (1.55-1.79x); first cycle of an epoch 350-414 ms.
-Agent RSS at 10,000 users: 65 MB (traffic generator in a child process; an
-earlier variant generating traffic in-process measured 86 MB).
+Measured here (2 shared cores under other load, 10,000 users, 20,000 live
+counters, 2026-12-03): bare QueryStats+decode 21-34 ms median (the agent's own
+decoder, agent/stats_wire.py; betterproto2 would need 176-267 ms for the same
+~950 KB reply); agent cycle nothing moved 38-47 ms (1.5-1.8x), 10% moved
+65-97 ms (3.0-3.1x), all moved 152-224 ms (7.1x); first cycle of an epoch
+216-270 ms. What the bare loop does not do and the agent must: commit the
+deltas and the new baselines durably in one SQLite transaction (1,000 deltas +
+2,000 baselines ~8 ms standalone, more with fsync on a loaded disk). Agent RSS
+at 10,000 users: 66 MB.
 """
 
 from __future__ import annotations

@@ -56,8 +56,14 @@ def run_demo(fleet: Fleet, say: Callable[[str], None], duration: float = 45.0) -
     node_ids = [n.node_id for n in layout.nodes]
     secrets = {u: user_secrets(layout.central_db, u) for u in USERS}
     say("waiting until the nodes serve the users (the agents apply them to the cores)...")
+    # On a second `up` a user may be suspended already (the trial's quota is spent).
+    suspended = {row.user_id: row.reason for row in read_users(layout.central_db) if row.reason}
     for user_id, (_plan, indexes) in USERS.items():
         for i in indexes:
+            if user_id in suspended:
+                say(f"  {user_id} on node-{i}: suspended ({suspended[user_id]}) since an"
+                    " earlier run")  # fmt: skip
+                continue
             ok = wait_served(fleet, secrets[user_id], i, SERVE_WAIT)
             say(f"  {user_id} on node-{i}: {'served' if ok else 'NOT served'}")
     ports = {
@@ -108,9 +114,13 @@ def run_demo(fleet: Fleet, say: Callable[[str], None], duration: float = 45.0) -
             if suspended and result.suspended is None:
                 result.suspended = suspended[0].user_id
             if result.suspended and not threads[-1].is_alive():
-                say(f"==> {result.suspended} crossed the trial quota: central suspended her and"
-                    f" node-1 refused her next download (after {human(result.refused_after)}"
-                    " in this run)")  # fmt: skip
+                if result.refused_after:
+                    say(f"==> {result.suspended} crossed the trial quota: central suspended her"
+                        f" and node-1 refused her next download (after"
+                        f" {human(result.refused_after)} in this run)")  # fmt: skip
+                else:
+                    say(f"==> {result.suspended} stays suspended: node-1 refuses her (quota"
+                        " spent in an earlier run; `edgeward users topup` lifts it)")  # fmt: skip
                 break
             time.sleep(2.5)
     finally:

@@ -57,11 +57,11 @@ def run_demo(fleet: Fleet, say: Callable[[str], None], duration: float = 45.0) -
     secrets = {u: user_secrets(layout.central_db, u) for u in USERS}
     say("waiting until the nodes serve the users (the agents apply them to the cores)...")
     # On a second `up` a user may be suspended already (the trial's quota is spent).
-    suspended = {row.user_id: row.reason for row in read_users(layout.central_db) if row.reason}
+    held = {row.user_id: row.reason for row in read_users(layout.central_db) if row.reason}
     for user_id, (_plan, indexes) in USERS.items():
         for i in indexes:
-            if user_id in suspended:
-                say(f"  {user_id} on node-{i}: suspended ({suspended[user_id]}) since an"
+            if user_id in held:
+                say(f"  {user_id} on node-{i}: suspended ({held[user_id]}) since an"
                     " earlier run")  # fmt: skip
                 continue
             ok = wait_served(fleet, secrets[user_id], i, SERVE_WAIT)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import statistics
 import sys
 import tempfile
@@ -88,8 +89,8 @@ def issue_latencies(fleet: Fleet, users: int) -> tuple[list[float], list[float]]
         node = layout.nodes[i % len(layout.nodes)]
         raw_uuid = str(uuidlib.uuid4())
         added = time.monotonic()
-        call_in_netns(node.ns, lambda u=raw_uuid, n=i: raw_add_vless(10085, "vless-in",
-                                                                   f"raw{n:04d}", u))  # fmt: skip
+        call_in_netns(node.ns, functools.partial(raw_add_vless, 10085, "vless-in",
+                                                 f"raw{i:04d}", raw_uuid))  # fmt: skip
         bare.append(served_after(node, target, raw_uuid, added))
     return edgeward, bare
 

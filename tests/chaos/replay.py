@@ -50,11 +50,11 @@ async def _replay(layout: FleetLayout, node: NodeLayout, deltas: list[UsageDelta
                 if message is None:
                     raise EOFError("central ended the replay stream before its ack")
                 kind, body = betterproto2.which_one_of(message, "kind")
-                if kind == "ack":
+                if kind == "ack" and isinstance(body, v1.Ack):
                     with contextlib.suppress(Exception):
                         await stream.cancel()
                     return body.acked_seq
-                if kind == "error":
+                if kind == "error" and isinstance(body, v1.StreamError):
                     raise RuntimeError(f"central refused the replay: {body.message}")
     finally:
         channel.close()

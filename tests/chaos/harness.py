@@ -97,6 +97,8 @@ class Chaos:
         self.events = 0
         self.traffic: Traffic | None = None
         self.central_kills = 0
+        self.replayed = 0  # deltas sent a second time by replay faults
+        self.faults_done: dict[str, int] = {}
 
     # ------------------------------------------------------------ setup
 
@@ -156,9 +158,14 @@ class Chaos:
             time.sleep(fault.hold)
             netns.link_up(node)
         elif fault.kind == "replay":
-            replay(fleet.layout, node)
+            self.replayed += replay(fleet.layout, node)[0]
         else:
             raise ValueError(f"unknown fault {fault.kind!r}")
+        self.faults_done[fault.kind] = self.faults_done.get(fault.kind, 0) + 1
+
+    @property
+    def core_runs_closed(self) -> int:
+        return sum(len(runs.closed) for runs in self.runs.values())
 
     def restart_core(self, node: NodeLayout) -> None:
         """Quiet reading of the run, SIGKILL, a new run; traffic resumes after."""

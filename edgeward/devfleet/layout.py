@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,8 +231,14 @@ def agent_toml(layout: FleetLayout, node: NodeLayout, sample_interval: float = 1
 
 
 def core_config(node: NodeLayout) -> dict:
-    """DESIGN §2's server config: API on the namespace's loopback, inbounds on the node's
-    fleet address, per-user stats on."""
+    """A node's core: API on the namespace's loopback, inbounds on the node's fleet address."""
+    return v2ray_server_config(node.address, CORE_API_PORT, INBOUND_PORTS)
+
+
+def v2ray_server_config(listen: str, api_port: int, ports: Mapping[str, int]) -> dict:
+    """DESIGN §2's server config: the API (HandlerService + StatsService) on
+    127.0.0.1:api_port, empty VLESS/VMess/Trojan inbounds on listen:ports[tag],
+    per-user stats on. The tests' v2ray fixture uses it too."""
     proxy = [
         ("vless-in", "vless", {"clients": [], "decryption": "none"}),
         ("vmess-in", "vmess", {"clients": []}),
@@ -241,7 +248,7 @@ def core_config(node: NodeLayout) -> dict:
         {
             "tag": "api",
             "listen": "127.0.0.1",
-            "port": CORE_API_PORT,
+            "port": api_port,
             "protocol": "dokodemo-door",
             "settings": {"address": "127.0.0.1"},
         }
@@ -249,8 +256,8 @@ def core_config(node: NodeLayout) -> dict:
     for tag, protocol, settings in proxy:
         inbound = {
             "tag": tag,
-            "listen": node.address,
-            "port": INBOUND_PORTS[tag],
+            "listen": listen,
+            "port": ports[tag],
             "protocol": protocol,
             "settings": settings,
         }

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeward.devfleet.blob import BlobHandler
+from edgeward.devfleet.layout import v2ray_server_config
 
 from .ports import free_port, wait_listening
 from .rawcore import raw_uptime
@@ -36,49 +37,7 @@ def v2ray_binary() -> str | None:
 
 
 def server_config(api_port: int, ports: dict[str, int]) -> dict:
-    inbounds = [
-        {
-            "tag": "api",
-            "listen": "127.0.0.1",
-            "port": api_port,
-            "protocol": "dokodemo-door",
-            "settings": {"address": "127.0.0.1"},
-        },
-        {
-            "tag": "vless-in",
-            "listen": "127.0.0.1",
-            "port": ports["vless-in"],
-            "protocol": "vless",
-            "settings": {"clients": [], "decryption": "none"},
-            "streamSettings": {"network": "tcp", "security": "none"},
-        },
-        {
-            "tag": "vmess-in",
-            "listen": "127.0.0.1",
-            "port": ports["vmess-in"],
-            "protocol": "vmess",
-            "settings": {"clients": []},
-        },
-        {
-            "tag": "trojan-in",
-            "listen": "127.0.0.1",
-            "port": ports["trojan-in"],
-            "protocol": "trojan",
-            "settings": {"clients": []},
-        },
-    ]
-    return {
-        "log": {"loglevel": "warning"},
-        "api": {"tag": "api", "services": ["HandlerService", "StatsService"]},
-        "stats": {},
-        "policy": {
-            "levels": {"0": {"statsUserUplink": True, "statsUserDownlink": True}},
-            "system": {"statsInboundUplink": True, "statsInboundDownlink": True},
-        },
-        "inbounds": inbounds,
-        "outbounds": [{"tag": "direct", "protocol": "freedom", "settings": {}}],
-        "routing": {"rules": [{"type": "field", "inboundTag": ["api"], "outboundTag": "api"}]},
-    }
+    return v2ray_server_config("127.0.0.1", api_port, ports)
 
 
 def _start_v2ray(config: dict, workdir: Path, name: str) -> subprocess.Popen:

@@ -19,7 +19,6 @@ by more than the uptime's one-second granularity allows. A core that is down
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import trio
 from .core_driver import ApplyReport, CoreCallError, CoreDriver, CoreUnavailable
 from .model import DesiredState, ProxyProtocol, ProxyUser
 from .reconcile import Refusal, reconcile_proxies
+from .sync_loop import PassLoop
 
 # ---------------------------------------------------------------- pure epoch tracking
 
@@ -121,7 +121,7 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-class CoreSync:
+class CoreSync(PassLoop[PassReport]):
     """The trio task that owns the proxy core's user set.
 
     Use: `sync = CoreSync(driver)`, `nursery.start(sync.run)`, then
@@ -145,9 +145,8 @@ class CoreSync:
         wall_ms: Callable[[], int] = _wall_ms,
     ) -> None:
         self.driver = driver
-        self.desired = desired or DesiredState(revision=0)
+        self._init_passes(desired, drift_interval)
         self.poll_interval = poll_interval
-        self.drift_interval = drift_interval
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.on_epoch = on_epoch
@@ -163,32 +162,7 @@ class CoreSync:
         self.reachable = False
         # v2fly: what this agent applied in the current epoch, by (tag, email).
         self.applied: dict[tuple[str, str], ProxyUser] = {}
-        self.last_pass: PassReport | None = None
-        self.last_error: str | None = None
-        self.passes = 0
-        self._wake = trio.Event()
-        self._pass_done = trio.Condition()
-        self._dirty = True
         self._generation = driver.connection_generation
-        self._last_pass_at = -math.inf
-
-    # ------------------------------------------------------------ inputs
-
-    def set_desired(self, state: DesiredState) -> None:
-        """Take a new desired state; a pass follows promptly."""
-        self.desired = state
-        self.request_pass()
-
-    def request_pass(self) -> None:
-        self._dirty = True
-        self._wake.set()
-
-    async def wait_pass(self) -> PassReport:
-        """Wait for the next completed pass and return its report."""
-        async with self._pass_done:
-            await self._pass_done.wait()
-        assert self.last_pass is not None
-        return self.last_pass
 
     # ------------------------------------------------------------ the task
 
@@ -228,8 +202,7 @@ class CoreSync:
         if new_epoch is not None:
             self.epoch_evidence = evidence
             await self._start_epoch(new_epoch)
-        drift_due = now - self._last_pass_at >= self.drift_interval
-        if not (self._dirty or drift_due or self._expiry_due()):
+        if not self._pass_due(now):
             return
         self._dirty = False
         try:
@@ -243,11 +216,6 @@ class CoreSync:
         self._last_pass_at = now
         if not report.ok:
             self._dirty = True  # retry what failed on the next poll
-
-    async def _sleep(self, seconds: float) -> None:
-        with trio.move_on_after(seconds):
-            await self._wake.wait()
-        self._wake = trio.Event()
 
     async def _start_epoch(self, epoch: Epoch) -> None:
         self.epoch = epoch

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import trio
 
 from .model import DesiredState, WireguardPeer
 from .reconcile import Change, Refusal, Update, reconcile_wireguard
+from .sync_loop import PassLoop
 from .wireguard import PeerConfig, PeerState, UnknownInterfaceError, WireGuard, WireGuardError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-class WgSync:
+class WgSync(PassLoop["WgPassReport"]):
     """The trio task that owns the peers of the managed WireGuard interfaces.
 
     Use: `sync = WgSync(wg)`, `nursery.start(sync.run)`, then
@@ -101,39 +101,15 @@ class WgSync:
         wall_ms: Callable[[], int] = _wall_ms,
     ) -> None:
         self.wg = wg
-        self.desired = desired or DesiredState(revision=0)
+        self._init_passes(desired, drift_interval)
         self.extra_interfaces = frozenset(interfaces)
         self.poll_interval = poll_interval
-        self.drift_interval = drift_interval
         self.on_pass = on_pass
         self.wall_ms = wall_ms
         self.instances: dict[str, str] = {}  # iface -> identity token last seen
         self.recreations = 0  # identity changes seen while running
-        self.last_pass: WgPassReport | None = None
-        self.last_error: str | None = None
-        self.passes = 0
         self._psk: dict[tuple[str, str], str] = {}  # (iface, public key) -> key we set
         self._held: set[tuple[str, str]] = set()  # peers on the devices after the last pass
-        self._wake = trio.Event()
-        self._pass_done = trio.Condition()
-        self._dirty = True
-        self._last_pass_at = -math.inf
-
-    # ------------------------------------------------------------ inputs
-
-    def set_desired(self, state: DesiredState) -> None:
-        self.desired = state
-        self.request_pass()
-
-    def request_pass(self) -> None:
-        self._dirty = True
-        self._wake.set()
-
-    async def wait_pass(self) -> WgPassReport:
-        async with self._pass_done:
-            await self._pass_done.wait()
-        assert self.last_pass is not None
-        return self.last_pass
 
     def managed_interfaces(self) -> list[str]:
         names = set(self.extra_interfaces)
@@ -153,16 +129,10 @@ class WgSync:
                 self._dirty = True
             await self._sleep(self.poll_interval)
 
-    async def _sleep(self, seconds: float) -> None:
-        with trio.move_on_after(seconds):
-            await self._wake.wait()
-        self._wake = trio.Event()
-
     async def _tick(self) -> None:
         await self._watch_instances()
         now = trio.current_time()
-        drift_due = now - self._last_pass_at >= self.drift_interval
-        if not (self._dirty or drift_due or self._expiry_due()):
+        if not self._pass_due(now):
             return
         self._dirty = False
         report = await self.sync_once()

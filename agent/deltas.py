@@ -237,6 +237,22 @@ def compute_deltas(
     return Sample(engine, epoch, deltas, new_baselines, unattributed, went_down)
 
 
+def validate_sample(sample: Sample) -> None:
+    """A sample fit for the journal: its deltas positive and of its engine/epoch,
+    its baselines byte counts (CounterError otherwise)."""
+    for delta in sample.deltas:
+        if (delta.engine, delta.epoch) != (sample.engine, sample.epoch):
+            raise CounterError(
+                f"delta for {delta.user_id!r} is of {delta.engine}/{delta.epoch}, "
+                f"sample is of {sample.engine}/{sample.epoch}"
+            )
+        if delta.uplink < 0 or delta.downlink < 0 or not delta.total:
+            raise CounterError(f"delta for {delta.user_id!r} is negative or zero: {delta}")
+    for name, value in sample.baselines.items():
+        if type(value) is not int or value < 0:
+            raise CounterError(f"baseline {name!r} is not a byte count: {value!r}")
+
+
 def next_epoch(previous: str | None) -> str:
     """The next epoch id of an engine: "1", "2", ... (unique per node and engine
     as long as the journal lives; central keys usage by it, never parses it)."""

@@ -25,7 +25,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from edgeward.agent.deltas import CounterError, Sample
+from edgeward.agent.deltas import Sample, validate_sample
 from edgeward.agent.journal_records import (
     AckAheadError,
     CompactResult,
@@ -67,6 +67,8 @@ class JournalStore:
         self._high, self._acked, self._handed_out = conn.execute(
             "SELECT high, acked, handed_out FROM seqs"
         ).fetchone()
+        # Users holding a lease: a sample charges only them (most users have none).
+        self._lease_users: set[str] = {u for (u,) in conn.execute("SELECT user_id FROM leases")}
 
     @classmethod
     def open(cls, path: str | Path) -> JournalStore:
@@ -131,7 +133,7 @@ class JournalStore:
         users' quota leases. Returns the seqs given to the deltas as
         (first, last); (0, 0) when there were none."""
         engine, epoch = sample.engine, sample.epoch
-        _validate_sample(sample)
+        validate_sample(sample)
         new_epoch = self._epochs.get(engine) != epoch
         old = {} if new_epoch else self._baselines.get(engine, {})
         new = {name: value for name, value in sample.baselines.items() if value}
@@ -170,10 +172,15 @@ class JournalStore:
                 )
             elif epoch_marker is not None and epoch_marker != self._markers.get(engine):
                 conn.execute("UPDATE epochs SET marker = ? WHERE engine = ?", (marker, engine))
+            known = self._counters
             conn.executemany(
                 "INSERT INTO baselines (counter, epoch, value) VALUES (?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET epoch = excluded.epoch, value = excluded.value",
-                [(counter_id(n), epoch, v) for n, v in new.items() if old.get(n) != v],
+                [
+                    (known.get((engine, n)) or counter_id(n), epoch, v)
+                    for n, v in new.items()
+                    if old.get(n) != v
+                ],
             )
             conn.executemany(
                 "DELETE FROM baselines WHERE counter = ?",
@@ -199,7 +206,8 @@ class JournalStore:
                     assert stream is not None
                     new_streams[key] = stream
                 rows.append((seq, stream, delta.uplink, delta.downlink, sampled_at_ms))
-                charges[delta.user_id] = charges.get(delta.user_id, 0) + delta.total
+                if delta.user_id in self._lease_users:
+                    charges[delta.user_id] = charges.get(delta.user_id, 0) + delta.total
             conn.executemany(
                 "INSERT INTO outbox (seq, stream, uplink, downlink, sampled_at_ms) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -465,6 +473,7 @@ class JournalStore:
                     "WHERE excluded.lease_id > lease_id",
                     (user_id, lease_id, amount, user_id),
                 ).rowcount
+        self._lease_users.update(user_id for user_id, _, _ in grants)
         return taken
 
     def leases(self) -> dict[str, Lease]:
@@ -476,22 +485,10 @@ class JournalStore:
         }
 
     def drop_leases(self, user_ids: Iterable[str]) -> None:
+        user_ids = list(user_ids)
         with self._tx(durable=True) as conn:
             conn.executemany("DELETE FROM leases WHERE user_id = ?", [(u,) for u in user_ids])
-
-
-def _validate_sample(sample: Sample) -> None:
-    for delta in sample.deltas:
-        if (delta.engine, delta.epoch) != (sample.engine, sample.epoch):
-            raise CounterError(
-                f"delta for {delta.user_id!r} is of {delta.engine}/{delta.epoch}, "
-                f"sample is of {sample.engine}/{sample.epoch}"
-            )
-        if delta.uplink < 0 or delta.downlink < 0 or not delta.total:
-            raise CounterError(f"delta for {delta.user_id!r} is negative or zero: {delta}")
-    for name, value in sample.baselines.items():
-        if not isinstance(value, int) or value < 0:
-            raise CounterError(f"baseline {name!r} is not a byte count: {value!r}")
+        self._lease_users.difference_update(user_ids)
 
 
 def _check_revision(revision: int) -> None:

@@ -18,7 +18,7 @@ SYSTEM_ACTOR = "central"
 SELECT_LIMITS = (
     "SELECT user_id, data_limit_bytes, expires_at_ms, enforced_reason, quota_used_bytes"
     " FROM users WHERE (data_limit_bytes IS NOT NULL OR expires_at_ms IS NOT NULL"
-    " OR enforced_reason)"
+    " OR enforced_reason <> 0)"
 )
 ONLY_USERS = " AND user_id IN (SELECT value FROM json_each(?))"
 SET_ENFORCED = "UPDATE users SET enforced_reason = ? WHERE user_id = ?"

@@ -43,8 +43,8 @@ ADD_HOURLY = (
     "INSERT INTO usage_hourly (user_id, node_id, engine, hour_ms, uplink_bytes,"
     " downlink_bytes) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT"
     " (user_id, node_id, engine, hour_ms) DO UPDATE SET"
-    " uplink_bytes = uplink_bytes + excluded.uplink_bytes,"
-    " downlink_bytes = downlink_bytes + excluded.downlink_bytes"
+    " uplink_bytes = usage_hourly.uplink_bytes + excluded.uplink_bytes,"
+    " downlink_bytes = usage_hourly.downlink_bytes + excluded.downlink_bytes"
 )
 ADD_USER_TOTALS = (
     "UPDATE users SET uplink_bytes = uplink_bytes + ?,"
@@ -120,7 +120,7 @@ class IngestMixin:
         check_batch(deltas)
         at = at_ms if at_ms is not None else now_ms()
         async with self._write() as tx:
-            applied = await run_sync(tx.db, apply_usage, node_id, deltas, at)
+            applied = await self._apply_usage(tx, node_id, deltas, at)
             agg = applied.agg
             if agg is None:
                 return IngestResult(applied.acked_seq, 0, len(deltas), set(), [])
@@ -145,6 +145,12 @@ class IngestMixin:
                 agg.rejected_users,
                 leases,
             )
+
+    async def _apply_usage(
+        self, tx: Any, node_id: str, deltas: Sequence[UsageDelta], at: int
+    ) -> Applied:
+        """The backend's apply_usage inside tx (SQLite: one hop on the storage thread)."""
+        return await run_sync(tx.db, apply_usage, node_id, deltas, at)
 
     async def node_known(self, node_id: str) -> bool:
         async with (

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
 from edgeward.central.ingest import HOUR_MS, InvalidBatch, aggregate, check_batch
-from edgeward.central.storage import SqliteStorage
+from edgeward.central.storage import Storage
 from edgeward.proto import v1
 from edgeward.proto.usage_codec import UsageDelta
-from tests.central.helpers import PROXY_INBOUNDS, delta, dump
+from tests.central.backends import StorageBackend
+from tests.central.helpers import PROXY_INBOUNDS, delta
 
 
-async def fleet(path: Path) -> SqliteStorage:
-    storage = await SqliteStorage.open(path)
+async def fleet(backend: StorageBackend) -> Storage:
+    storage = await backend.open()
     for node in ("node-a", "node-b"):
         await storage.add_node(node, PROXY_INBOUNDS, actor="test")
     await storage.create_user("alice", actor="test", node_ids=["node-a", "node-b"])
@@ -27,9 +27,9 @@ def batch(seqs, user="alice", up=10, down=100):
     return [delta(seq, user, up, down) for seq in seqs]
 
 
-def test_the_same_batch_twice_counts_once(tmp_path: Path):
+def test_the_same_batch_twice_counts_once(storage_backend: StorageBackend):
     async def main():
-        storage = await fleet(tmp_path / "c.sqlite")
+        storage = await fleet(storage_backend)
         first = await storage.ingest("node-a", batch(range(1, 6)))
         second = await storage.ingest("node-a", batch(range(1, 6)))
         user = await storage.get_user("alice")
@@ -42,9 +42,9 @@ def test_the_same_batch_twice_counts_once(tmp_path: Path):
     assert (user.uplink_bytes, user.downlink_bytes) == (50, 500)
 
 
-def test_overlapping_and_out_of_order_batches_count_each_seq_once(tmp_path: Path):
+def test_overlapping_and_out_of_order_batches_count_each_seq_once(storage_backend: StorageBackend):
     async def main():
-        storage = await fleet(tmp_path / "c.sqlite")
+        storage = await fleet(storage_backend)
         acks = [
             (await storage.ingest("node-a", batch(range(1, 11)))).acked_seq,
             (await storage.ingest("node-a", batch(range(6, 16)))).acked_seq,  # overlap 6-10
@@ -67,9 +67,9 @@ def test_overlapping_and_out_of_order_batches_count_each_seq_once(tmp_path: Path
     assert node_b == (20, 200)
 
 
-def test_usage_rolls_up_per_user_node_engine_hour(tmp_path: Path):
+def test_usage_rolls_up_per_user_node_engine_hour(storage_backend: StorageBackend):
     async def main():
-        storage = await fleet(tmp_path / "c.sqlite")
+        storage = await fleet(storage_backend)
         deltas = [
             delta(1, "alice", 1, 2, at_ms=5 * HOUR_MS + 10),
             delta(2, "alice", 3, 4, at_ms=5 * HOUR_MS + 20),
@@ -91,10 +91,10 @@ def test_usage_rolls_up_per_user_node_engine_hour(tmp_path: Path):
 
 
 def test_a_node_cannot_charge_users_it_never_served_but_removed_users_still_count(
-    tmp_path: Path,
+    storage_backend: StorageBackend,
 ):
     async def main():
-        storage = await fleet(tmp_path / "c.sqlite")
+        storage = await fleet(storage_backend)
         await storage.assign("bob", "node-a", actor="test")
         await storage.unassign("bob", "node-a", actor="test", why="moved")
         result = await storage.ingest(
@@ -125,13 +125,13 @@ def test_a_node_cannot_charge_users_it_never_served_but_removed_users_still_coun
     ]
 
 
-def test_a_batch_breaking_the_protocol_is_refused_and_changes_nothing(tmp_path: Path):
-    database = tmp_path / "c.sqlite"
-
+def test_a_batch_breaking_the_protocol_is_refused_and_changes_nothing(
+    storage_backend: StorageBackend,
+):
     async def main():
-        storage = await fleet(database)
+        storage = await fleet(storage_backend)
         await storage.ingest("node-a", batch([1, 2]))
-        before = dump(database)
+        before = await storage_backend.dump()
         errors = []
         for bad in (batch([3, 3]), batch([5, 4]), batch([0, 1])):
             with pytest.raises(InvalidBatch) as caught:
@@ -139,7 +139,7 @@ def test_a_batch_breaking_the_protocol_is_refused_and_changes_nothing(tmp_path: 
             errors.append(str(caught.value))
         with pytest.raises(LookupError, match="unknown node 'node-x'"):
             await storage.ingest("node-x", batch([1]))
-        after = dump(database)
+        after = await storage_backend.dump()
         await storage.close()
         return before, after, errors
 

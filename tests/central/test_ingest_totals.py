@@ -1,5 +1,6 @@
 """Aggregates kept in the ingest transaction agree with each other and with the ledger,
-whatever the mix of replays, overlaps, engines, hours, nodes and foreign users."""
+whatever the mix of replays, overlaps, engines, hours, nodes and foreign users (SQLite file;
+test_ingest_backends checks the same on both backends), and enforcement in that transaction."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from edgeward.central.ingest import HOUR_MS
 from edgeward.central.storage import SqliteStorage
 from edgeward.proto import v1
 from edgeward.proto.usage_codec import UsageDelta
+from tests.central.backends import StorageBackend
 from tests.central.helpers import PROXY_INBOUNDS, delta
 
 NODES = ("node-a", "node-b")
@@ -115,10 +117,10 @@ def test_rollups_user_totals_node_totals_and_the_ledger_agree(tmp_path: Path):
 
 
 def test_a_batch_crossing_the_quota_or_after_expiry_suspends_in_the_same_transaction(
-    tmp_path: Path,
+    storage_backend: StorageBackend,
 ):
     async def main():
-        storage = await SqliteStorage.open(tmp_path / "c.sqlite")
+        storage = await storage_backend.open()
         await storage.add_node("node-a", PROXY_INBOUNDS, actor="test")
         await storage.create_user("alice", actor="test", node_ids=["node-a"], data_limit_bytes=100)
         await storage.create_user(

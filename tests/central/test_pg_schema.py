@@ -48,3 +48,19 @@ def test_replicas_migrating_at_once_end_at_the_latest_version_once(postgres_dsn:
     assert versions == list(range(1, schema.LATEST_VERSION + 1))  # each migration once
     assert errors == ["audit_log is append-only"] * 2
     assert kept == "d"
+
+
+def test_the_location_chooses_the_backend(tmp_path, postgres_dsn: str):
+    from edgeward.central.open_storage import open_storage
+    from edgeward.central.pg_storage import PgStorage
+    from edgeward.central.storage import SqliteStorage
+
+    async def main():
+        on_pg = await open_storage(postgres_dsn)
+        on_file = await open_storage(tmp_path / "c.sqlite")
+        kinds = type(on_pg), type(on_file)
+        await on_pg.close()
+        await on_file.close()
+        return kinds
+
+    assert asyncio.run(main()) == (PgStorage, SqliteStorage)

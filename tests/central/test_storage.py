@@ -1,4 +1,5 @@
-"""Users, plans, assignments, decisions, leases and desired state on a real SQLite file."""
+"""Users, plans, assignments, decisions, leases and desired state on both backends (a real
+SQLite file, a real PostgreSQL cluster); SQLite's own file checks at the top."""
 
 from __future__ import annotations
 
@@ -17,23 +18,27 @@ from edgeward.central import schema
 from edgeward.central.errors import CentralError, Conflict, InvalidInput, NotFound
 from edgeward.central.notify import NodeEvent
 from edgeward.central.records import now_ms
-from edgeward.central.storage import SqliteStorage
+from edgeward.central.storage import SqliteStorage, Storage
 from edgeward.proto import v1
-from tests.central.helpers import PROXY_INBOUNDS, delta, dump
+from tests.central.backends import StorageBackend
+from tests.central.helpers import PROXY_INBOUNDS, delta
 
 DAY = 86_400_000
 NODES = ["node-a", "node-b", "node-c"]
 
 
-async def open_fleet(path: Path) -> SqliteStorage:
-    storage = await SqliteStorage.open(path)
+async def open_fleet(where: Path | StorageBackend) -> Storage:
+    """where: a SQLite file (the SQLite-only tests) or a backend of storage_backend."""
+    storage = await (
+        where.open() if isinstance(where, StorageBackend) else SqliteStorage.open(where)
+    )
     for node in NODES:
         await storage.add_node(node, PROXY_INBOUNDS, actor="admin:root")
     await storage.create_plan("basic", actor="admin:root", data_limit_bytes=3000, duration_days=30)
     return storage
 
 
-async def create_fleet(path: Path) -> None:
+async def create_fleet(path: Path) -> None:  # SQLite only
     storage = await open_fleet(path)
     await storage.close()
 
@@ -52,9 +57,11 @@ def test_migrations_are_versioned_and_idempotent(tmp_path: Path):
     conn.close()
 
 
-def test_created_user_gets_credentials_from_the_plan_and_an_audit_entry(tmp_path: Path):
+def test_created_user_gets_credentials_from_the_plan_and_an_audit_entry(
+    storage_backend: StorageBackend,
+):
     async def main():
-        storage = await open_fleet(tmp_path / "c.sqlite")
+        storage = await open_fleet(storage_backend)
         at = now_ms()
         user = await storage.create_user(
             "alice", actor="admin:root", plan_id="basic", node_ids=["node-a", "node-b"], at_ms=at
@@ -108,21 +115,21 @@ FIXED_UUID = "11111111-2222-4333-8444-555555555555"
 
 
 @pytest.mark.parametrize(("request_", "error", "text"), BAD_REQUESTS)
-def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path: Path, request_, error, text):
-    database = tmp_path / "c.sqlite"
-
+def test_bad_input_is_a_clear_error_and_writes_nothing(
+    storage_backend: StorageBackend, request_, error, text
+):
     async def main():
-        storage = await open_fleet(database)
+        storage = await open_fleet(storage_backend)
         await storage.create_user("alice", actor="t", plan_id="basic", node_ids=["node-a"])
         await storage.create_user("bob", actor="t", uuid=FIXED_UUID)
         events: list[NodeEvent] = []
         subscriptions = contextlib.ExitStack()  # held until the end of main()
         for node in NODES:
             subscriptions.enter_context(storage.notifier.subscribe(node, events.append))
-        before = dump(database)
+        before = await storage_backend.dump()
         with pytest.raises(error) as caught:
             await request_(storage)
-        after = dump(database)
+        after = await storage_backend.dump()
         await storage.close()
         return before, after, str(caught.value), events
 
@@ -144,9 +151,11 @@ def test_audit_log_is_append_only(tmp_path: Path):
     conn.close()
 
 
-def test_quota_exhaustion_suspends_on_every_serving_node_and_top_up_resumes(tmp_path: Path):
+def test_quota_exhaustion_suspends_on_every_serving_node_and_top_up_resumes(
+    storage_backend: StorageBackend,
+):
     async def main():
-        storage = await open_fleet(tmp_path / "c.sqlite")
+        storage = await open_fleet(storage_backend)
         await storage.create_user("alice", actor="t", data_limit_bytes=1000, node_ids=NODES)
         events: list[NodeEvent] = []
         subscriptions = contextlib.ExitStack()  # held until the end of main()
@@ -180,9 +189,9 @@ def test_quota_exhaustion_suspends_on_every_serving_node_and_top_up_resumes(tmp_
     ]
 
 
-def test_expiry_suspends_and_renewal_resumes(tmp_path: Path):
+def test_expiry_suspends_and_renewal_resumes(storage_backend: StorageBackend):
     async def main():
-        storage = await open_fleet(tmp_path / "c.sqlite")
+        storage = await open_fleet(storage_backend)
         start = now_ms()
         await storage.create_user(
             "alice", actor="t", plan_id="basic", node_ids=["node-a"], at_ms=start
@@ -206,9 +215,9 @@ def test_expiry_suspends_and_renewal_resumes(tmp_path: Path):
     assert not after.users[0].suspended and after.revision > snapshot.revision
 
 
-def test_desired_state_revisions_and_changes(tmp_path: Path):
+def test_desired_state_revisions_and_changes(storage_backend: StorageBackend):
     async def main():
-        storage = await open_fleet(tmp_path / "c.sqlite")
+        storage = await open_fleet(storage_backend)
         r0 = (await storage.snapshot("node-a")).revision
         await storage.create_user("alice", actor="t", node_ids=["node-a"])
         await storage.create_user("bob", actor="t", node_ids=["node-a", "node-b"])
@@ -241,9 +250,11 @@ def test_desired_state_revisions_and_changes(tmp_path: Path):
     assert [u.user_id for u in snap_b.users] == ["bob"]  # a node sees only its own users
 
 
-def test_leases_for_a_user_on_three_nodes_never_exceed_what_remains(tmp_path: Path):
+def test_leases_for_a_user_on_three_nodes_never_exceed_what_remains(
+    storage_backend: StorageBackend,
+):
     async def main():
-        storage = await open_fleet(tmp_path / "c.sqlite")
+        storage = await open_fleet(storage_backend)
         await storage.create_user("alice", actor="t", data_limit_bytes=3000, node_ids=NODES)
         grants = {}
         for node in NODES:  # each node connects

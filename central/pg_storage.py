@@ -1,0 +1,95 @@
+"""central's Storage on PostgreSQL (asyncpg): `await PgStorage.open("postgresql://...")`.
+
+The same concern mixins as SqliteStorage run on it through pg_dialect's
+connection adapter; only what differs is here: the connection and its
+transactions (PostgreSQL's own locking instead of BEGIN IMMEDIATE), the
+migrations (pg_schema) and the ingest hot path (pg_ingest: COPY + unnest).
+
+One connection and one lock per replica, like SQLite's one writer; across
+replicas PostgreSQL's row locks order the writers (pg_ingest locks the node's
+row first). Notifications are still local to this replica: a LISTEN/NOTIFY
+notifier is the next step for several replicas (issue 10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Self
+
+import asyncpg
+
+from edgeward.proto.usage_codec import UsageDelta
+
+from . import pg_ingest, pg_schema
+from .admin import AdminMixin
+from .ingest import Applied
+from .notify import LocalNotifier, Notifier
+from .pg_dialect import PgConnection
+from .records import Transaction
+from .sqlite_core import SqliteCore
+from .sqlite_desired import DesiredMixin
+from .sqlite_enforce import EnforcementMixin
+from .sqlite_ingest import IngestMixin
+from .storage import _shielded
+
+
+class PgCore(SqliteCore):
+    """SqliteCore's transactions and audit, on an asyncpg connection."""
+
+    def __init__(self, conn: Any, notifier: Notifier, wg_pool: str) -> None:
+        super().__init__(PgConnection(conn), notifier, wg_pool)  # type: ignore[arg-type]
+        self._conn = conn
+
+    @classmethod
+    async def open(  # type: ignore[override]
+        cls,
+        dsn: str,
+        *,
+        notifier: Notifier | None = None,
+        wg_pool: str = "10.66.0.0/16",
+    ) -> Self:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await pg_schema.migrate(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, notifier or LocalNotifier(), wg_pool)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._conn.close()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[Transaction]:
+        async with self._lock:
+            tx = Transaction(self._db)  # type: ignore[arg-type]
+            async with self._conn.transaction():
+                yield tx
+                events = await self._bump_revisions(tx) if tx.touched else []
+            for event in events:
+                self.notifier.publish(event)
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Any]:
+        async with self._lock, self._conn.transaction(isolation="repeatable_read", readonly=True):
+            yield self._db
+
+    async def _apply_usage(
+        self, tx: Transaction, node_id: str, deltas: Sequence[UsageDelta], at: int
+    ) -> Applied:
+        return await pg_ingest.apply_usage(self._conn, node_id, deltas, at)
+
+
+class PgStorage(PgCore, IngestMixin, EnforcementMixin, DesiredMixin, AdminMixin):
+    """Storage on PostgreSQL (see the module docstring)."""
+
+
+for _name in dir(PgStorage):
+    _method = getattr(PgStorage, _name)
+    if not _name.startswith("_") and asyncio.iscoroutinefunction(_method) and _name != "open":
+        setattr(PgStorage, _name, _shielded(_method))
+
+__all__ = ["PgStorage"]

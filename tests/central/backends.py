@@ -1,0 +1,46 @@
+"""Where a storage test's database lives: SQLite file or PostgreSQL database (see conftest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from edgeward.central.pg_storage import PgStorage
+from edgeward.central.storage import SqliteStorage
+from tests.central.helpers import dump
+
+
+class StorageBackend:
+    """Where a test's central database lives, on one backend; open() it as often as needed."""
+
+    def __init__(self, name: str, location: Path | str) -> None:
+        self.name = name
+        self.location = location
+
+    def __repr__(self) -> str:
+        return f"StorageBackend({self.name!r}, {str(self.location)!r})"
+
+    async def open(self, **options: Any) -> Any:
+        if self.name == "sqlite":
+            return await SqliteStorage.open(self.location, **options)
+        return await PgStorage.open(str(self.location), **options)
+
+    async def dump(self) -> str:
+        """Every table's rows as text: 'nothing changed' is equality."""
+        if self.name == "sqlite":
+            return dump(Path(self.location))
+        conn = await asyncpg.connect(str(self.location))
+        try:
+            tables = await conn.fetch(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = 'public' ORDER BY table_name"
+            )
+            lines = []
+            for (table,) in tables:
+                rows = await conn.fetch(f'SELECT * FROM "{table}"')
+                lines += sorted(f"{table}: {tuple(row)!r}" for row in rows)
+            return "\n".join(lines)
+        finally:
+            await conn.close()

@@ -13,7 +13,6 @@ notifier is the next step for several replicas (issue 10).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Self
@@ -32,7 +31,7 @@ from .sqlite_core import SqliteCore
 from .sqlite_desired import DesiredMixin
 from .sqlite_enforce import EnforcementMixin
 from .sqlite_ingest import IngestMixin
-from .storage import _shielded
+from .storage import shield_public_methods
 
 
 class PgCore(SqliteCore):
@@ -87,9 +86,6 @@ class PgStorage(PgCore, IngestMixin, EnforcementMixin, DesiredMixin, AdminMixin)
     """Storage on PostgreSQL (see the module docstring)."""
 
 
-for _name in dir(PgStorage):
-    _method = getattr(PgStorage, _name)
-    if not _name.startswith("_") and asyncio.iscoroutinefunction(_method) and _name != "open":
-        setattr(PgStorage, _name, _shielded(_method))
+shield_public_methods(PgStorage)
 
 __all__ = ["PgStorage"]

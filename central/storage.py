@@ -100,7 +100,12 @@ def _consume_result(task: asyncio.Future) -> None:
         log.debug("storage call finished with %r after its caller left", task.exception())
 
 
-for _name in dir(SqliteStorage):
-    _method = getattr(SqliteStorage, _name)
-    if not _name.startswith("_") and inspect.iscoroutinefunction(_method) and _name != "open":
-        setattr(SqliteStorage, _name, _shielded(_method))
+def shield_public_methods(cls: type) -> None:
+    """Wrap every public coroutine method of a storage class (but open) with _shielded."""
+    for name in dir(cls):
+        method = getattr(cls, name)
+        if not name.startswith("_") and inspect.iscoroutinefunction(method) and name != "open":
+            setattr(cls, name, _shielded(method))
+
+
+shield_public_methods(SqliteStorage)

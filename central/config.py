@@ -3,7 +3,7 @@
 [server]
 listen = "0.0.0.0:7443"          # host:port of the node stream (mTLS)
 [storage]
-database = "/var/lib/edgeward/central.sqlite"
+database = "/var/lib/edgeward/central.sqlite"  # or "postgresql://user@host:5432/db" (replicas)
 wireguard_pool = "10.66.0.0/16"   # user addresses
 [pki]
 ca_dir = "/etc/edgeward/pki"      # the CA: verifies nodes, revocation, enrollment
@@ -14,6 +14,9 @@ interval_seconds = 5.0            # how often expiry is checked for every user
 [subscription]                    # end users' subscription URLs (off when listen is unset)
 listen = "127.0.0.1:7444"         # host:port of the small HTTP endpoint (put TLS in front)
 public_url = "https://sub.example.com"  # what URLs handed to users start with
+
+`storage = "postgresql://..."` at the top level is accepted as a short form of
+[storage] database (then without a [storage] section).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import InvalidInput
 
@@ -30,7 +34,8 @@ from .errors import InvalidInput
 class CentralConfig:
     host: str = "0.0.0.0"
     port: int = 7443
-    database: Path = Path("/var/lib/edgeward/central.sqlite")
+    # A SQLite file, or a PostgreSQL URL (str) shared by several central replicas.
+    database: Path | str = Path("/var/lib/edgeward/central.sqlite")
     wireguard_pool: str = "10.66.0.0/16"
     ca_dir: Path = Path("/etc/edgeward/pki")
     cert: Path = Path("/etc/edgeward/central/server.crt")
@@ -55,6 +60,8 @@ def parse_config(text: str, source: str = "config") -> CentralConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InvalidInput(f"{source}: not valid TOML: {e}") from None
+    if isinstance(data.get("storage"), str):  # the short form: storage = "postgresql://..."
+        data["storage"] = {"database": data["storage"]}
     for section, values in data.items():
         if section not in KNOWN or not isinstance(values, dict):
             raise InvalidInput(f"{source}: unknown section [{section}]")
@@ -90,7 +97,7 @@ def parse_config(text: str, source: str = "config") -> CentralConfig:
     return CentralConfig(
         host=host,
         port=port,
-        database=Path(storage.get("database", defaults.database)),
+        database=storage_location(source, storage.get("database", defaults.database)),
         wireguard_pool=pool,
         ca_dir=Path(pki.get("ca_dir", defaults.ca_dir)),
         cert=Path(pki.get("cert", defaults.cert)),
@@ -100,6 +107,35 @@ def parse_config(text: str, source: str = "config") -> CentralConfig:
         subscription_port=sub_port,
         subscription_url=sub_url,
     )
+
+
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
+
+
+def storage_location(source: str, value: object) -> Path | str:
+    """A PostgreSQL URL (kept as text) or a SQLite file path."""
+    if not isinstance(value, str | Path) or not str(value):
+        raise InvalidInput(f"{source}: [storage] database must be a file path or a URL")
+    text = str(value)
+    scheme = text.partition("://")[0].lower() if "://" in text else ""
+    if not scheme:
+        return Path(text)
+    if scheme not in POSTGRESQL_SCHEMES:
+        raise InvalidInput(
+            f"{source}: [storage] database: unsupported URL scheme {scheme!r}"
+            " (a file path, or postgresql://user@host:port/database)"
+        )
+    try:
+        url = urlsplit(text)
+        url.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError as e:
+        raise InvalidInput(f"{source}: [storage] database: not a valid URL: {e}") from None
+    if not (url.hostname or "host=" in url.query) or not url.path.strip("/"):
+        raise InvalidInput(
+            f"{source}: [storage] database: a PostgreSQL URL needs a host and a database"
+            " (postgresql://user@host:port/database)"
+        )
+    return text
 
 
 def _host_port(source: str, section: str, value: object) -> tuple[str, int]:

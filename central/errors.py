@@ -21,3 +21,7 @@ class Conflict(CentralError):
 
 class NodeRefused(CentralError):
     """A node may not connect (unknown, revoked, or its certificate is unusable)."""
+
+
+class StorageUnavailable(CentralError):
+    """central's database cannot be opened (unreachable, refused, no such database)."""

@@ -2,10 +2,10 @@
 
 Storage publishes a NodeEvent after each commit that changes a node's desired
 state; each connected stream subscribes to its own node. The interface is
-small so a PostgreSQL LISTEN/NOTIFY notifier can replace LocalNotifier when
-several central replicas share one database: an event carries only what a
-stream needs to go back to storage (the node and its new revision) plus the
-enforcement commands to send at once.
+small so a PostgreSQL LISTEN/NOTIFY notifier (pg_notify.PgNotifier) replaces
+LocalNotifier when several central replicas share one database: an event
+carries only what a stream needs to go back to storage (the node and its new
+revision) plus the enforcement commands to send at once.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class LocalNotifier:
     def publish(self, event: NodeEvent) -> None:
         for deliver in list(self._subscribers.get(event.node_id, ())):
             deliver(event)
+
+    def subscribed_nodes(self) -> list[str]:
+        return sorted(self._subscribers)
 
     @contextmanager
     def subscribe(self, node_id: str, deliver: Callable[[NodeEvent], None]) -> Iterator[None]:

@@ -7,8 +7,10 @@ migrations (pg_schema) and the ingest hot path (pg_ingest: COPY + unnest).
 
 One connection and one lock per replica, like SQLite's one writer; across
 replicas PostgreSQL's row locks order the writers (pg_ingest locks the node's
-row first). Notifications are still local to this replica: a LISTEN/NOTIFY
-notifier is the next step for several replicas (issue 10).
+row first). Every write that changes a node's desired state also NOTIFYs
+inside its transaction (pg_notify), so another replica listening on the same
+database hears of it when it commits; `open(dsn, listen=True)` starts such a
+listener (central's server does; a lone storage in a test need not).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import asyncpg
 
 from edgeward.proto.usage_codec import UsageDelta
 
-from . import pg_ingest, pg_schema
+from . import pg_ingest, pg_notify, pg_schema
 from .admin import AdminMixin
 from .ingest import Applied
 from .notify import LocalNotifier, Notifier
@@ -40,6 +42,7 @@ class PgCore(SqliteCore):
     def __init__(self, conn: Any, notifier: Notifier, wg_pool: str) -> None:
         super().__init__(PgConnection(conn), notifier, wg_pool)  # type: ignore[arg-type]
         self._conn = conn
+        self._listener: pg_notify.PgNotifier | None = None  # owned: closed with the storage
 
     @classmethod
     async def open(  # type: ignore[override]
@@ -48,16 +51,25 @@ class PgCore(SqliteCore):
         *,
         notifier: Notifier | None = None,
         wg_pool: str = "10.66.0.0/16",
+        listen: bool = False,
     ) -> Self:
-        conn = await asyncpg.connect(dsn)
+        """listen: hear other replicas' changes (a PgNotifier on its own connection)."""
+        conn = await asyncpg.connect(dsn, timeout=pg_notify.CONNECT_SECONDS)
+        listener = None
         try:
             await pg_schema.migrate(conn)
+            if listen and notifier is None:
+                listener = await pg_notify.PgNotifier.start(dsn, {conn.get_server_pid()})
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, notifier or LocalNotifier(), wg_pool)
+        storage = cls(conn, notifier or listener or LocalNotifier(), wg_pool)
+        storage._listener = listener
+        return storage
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
         async with self._lock:
             await self._conn.close()
 
@@ -68,6 +80,8 @@ class PgCore(SqliteCore):
             async with self._conn.transaction():
                 yield tx
                 events = await self._bump_revisions(tx) if tx.touched else []
+                # Delivered to the other replicas when (and only if) this commits.
+                await pg_notify.notify_in_transaction(self._conn, events)
             for event in events:
                 self.notifier.publish(event)
 

@@ -25,7 +25,8 @@ from . import subscription
 from .admin_service import AdminService, install_admin_identity
 from .config import CentralConfig
 from .identity import Identify, install_node_identity, pki_identify
-from .storage import SqliteStorage, Storage
+from .open_storage import open_storage
+from .storage import Storage
 from .stream import NodeService
 
 log = logging.getLogger("edgeward.central.server")
@@ -99,12 +100,13 @@ async def serve(
     shutdown: asyncio.Event,
     ready: Callable[[int], None] | None = None,
     systemd: SystemdNotifier | None = None,
-    storage: SqliteStorage | None = None,
+    storage: Storage | None = None,
 ) -> None:
     """Serve until `shutdown` is set; ready(port) once accepting (port 0 picks one).
 
     storage: an already open storage to serve from (kept open on return), so an
-    in-process caller shares its change notifications; default: open config.database.
+    in-process caller shares its change notifications; default: open config.database
+    (a SQLite file, or PostgreSQL listening for the other replicas' changes).
     """
     from edgeward.pki.tls import server_context
     from edgeward.pki.verify import Verifier
@@ -113,7 +115,13 @@ async def serve(
     ca_store, identify, enroller, renewer = pki_hooks(config.ca_dir)
     own_storage = storage is None
     if storage is None:
-        storage = await SqliteStorage.open(config.database, wg_pool=config.wireguard_pool)
+        try:
+            storage = await open_storage(
+                config.database, wg_pool=config.wireguard_pool, listen=True
+            )
+        except BaseException:
+            ca_store.close()  # type: ignore[attr-defined]
+            raise
     service = NodeService(storage, enroller=enroller, renewer=renewer)  # type: ignore[arg-type]
     admin = AdminService(storage, service, ca_store, config.subscription_url)
     server = Server([service, admin])

@@ -100,6 +100,7 @@ class PgNotifier:
         self.local_backend_pids = local_backend_pids
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self.backend_pid: int | None = None  # of the LISTEN connection
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -132,6 +133,7 @@ class PgNotifier:
         except BaseException:
             conn.terminate()
             raise
+        self.backend_pid = conn.get_server_pid()
         self.connected.set()
         return conn
 

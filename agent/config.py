@@ -28,6 +28,13 @@ def _setting(default: Any, doc: str) -> Any:
 @dataclass(frozen=True)
 class CentralSettings:
     address: str = _setting("", "central's host:port; empty runs the node without central")
+    addresses: list[str] = field(
+        default_factory=list,
+        metadata={
+            "doc": "more central replicas (host:port); after a lost or failed connection"
+            " the node tries the next address in turn"
+        },
+    )
     server_name: str = _setting("", "name to verify in central's certificate (default: host)")
     # Under systemd hardening the agent can write only its state directory: enrollment
     # and certificate renewal put the files there.
@@ -45,6 +52,11 @@ class CentralSettings:
     heartbeat_interval: float = _setting(
         15.0, "seconds between heartbeats; 3 missed answers end the connection"
     )
+
+    @property
+    def all_addresses(self) -> list[str]:
+        """Every central address, in the order the node tries them (none: no central)."""
+        return [self.address, *self.addresses] if self.address else []
 
 
 @dataclass(frozen=True)
@@ -123,10 +135,13 @@ def validate(config: AgentConfig) -> AgentConfig:
     if config.sample_interval <= 0 or config.core.poll_interval <= 0:
         raise ConfigError("sample_interval and core.poll_interval must be positive")
     central = config.central
-    if central.address:
-        host, sep, port = central.address.rpartition(":")
+    if central.addresses and not central.address:
+        raise ConfigError("central.addresses needs central.address (the first one to try)")
+    for address in central.all_addresses:
+        host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"central.address {central.address!r} is not host:port")
+            setting = "central.address" if address == central.address else "central.addresses"
+            raise ConfigError(f"{setting}: {address!r} is not host:port")
     if central.reconnect_min <= 0 or central.reconnect_max < central.reconnect_min:
         raise ConfigError("central.reconnect_min must be > 0 and <= central.reconnect_max")
     if central.batch_size < 1 or central.window < 1 or central.heartbeat_interval <= 0:

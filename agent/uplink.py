@@ -82,6 +82,7 @@ class UplinkStatus:
     sessions: int = 0
     last_error: str | None = None
     renewed_at_ms: int | None = None
+    address: str | None = None  # the central address of the current (or last) connection
 
 
 class Uplink:
@@ -116,6 +117,7 @@ class Uplink:
         self._welcomed = False
         self._snapshots = 0  # snapshots seen on this connection
         self._leases_pending = False  # the connection's full lease grant may follow
+        self._address_index = 0  # into config.central.all_addresses
 
     # ------------------------------------------------------------ the loop
 
@@ -145,6 +147,8 @@ class Uplink:
                 self.status.connected_since_ms = None
             if self._stopping:
                 break
+            if not immediate:  # that replica failed us: the next one (one address: itself)
+                self._address_index += 1
             attempt = 0 if welcomed else attempt + 1
             delay = (
                 0.0
@@ -197,7 +201,9 @@ class Uplink:
     async def _session(self) -> bool:
         """One connection; returns whether central welcomed us."""
         central = self.config.central
-        host, port = split_address(central.address)
+        address = central.all_addresses[self._address_index % len(central.all_addresses)]
+        self.status.address = address
+        host, port = split_address(address)
         ssl_context = self._ssl_context()
         stream = await BidiStream.open(
             self.island,
@@ -239,7 +245,7 @@ class Uplink:
             self._leases_pending = False
             self._decisions_waiting = None
             self._last_report = None
-            log.info("connected to central %s as %s", central.address, self.config.node_id)
+            log.info("connected to central %s as %s", address, self.config.node_id)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender, stream, cursor)
                 nursery.start_soon(self._heartbeats, stream)

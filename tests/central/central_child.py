@@ -1,7 +1,8 @@
 """central in a child process for crash tests: `python -m tests.central.central_child
-CONFIG [--die-after-commit]` prints its port, serves until SIGTERM. With
---die-after-commit it SIGKILLs itself right after the first ingest commits, before
-the Ack is sent (the window exactly-once must survive)."""
+CONFIG [--die-after-commit]` prints its port, serves until SIGTERM (from SQLite or
+PostgreSQL, as the config says). With --die-after-commit it SIGKILLs itself right
+after the first ingest commits, before the Ack is sent (the window exactly-once
+must survive)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ import sys
 from pathlib import Path
 
 from edgeward.central.config import load_config
+from edgeward.central.pg_storage import PgStorage
 from edgeward.central.server import serve
 from edgeward.central.storage import SqliteStorage
 
 
 def die_after_commit() -> None:
-    committed_ingest = SqliteStorage.ingest
+    for storage_class in (SqliteStorage, PgStorage):
+        committed_ingest = storage_class.ingest
 
-    async def ingest_then_die(self, *args, **kwargs):
-        await committed_ingest(self, *args, **kwargs)
-        os.kill(os.getpid(), signal.SIGKILL)
+        async def ingest_then_die(self, *args, committed_ingest=committed_ingest, **kwargs):
+            await committed_ingest(self, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    SqliteStorage.ingest = ingest_then_die
+        storage_class.ingest = ingest_then_die
 
 
 async def main(config_path: Path) -> None:

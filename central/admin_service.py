@@ -30,10 +30,12 @@ from grpclib.server import Server
 from edgeward import __version__
 from edgeward.proto import v1
 
-from . import explain, links_for_user
+from . import explain, link_store, links_for_user
 from .admin_convert import inbound_from_proto, node_to_proto, plan_to_proto, user_to_proto
 from .admin_records import ImportRow
 from .errors import Conflict, InvalidInput, NotFound
+from .node_links import NodeLinkState
+from .records import now_ms
 
 log = logging.getLogger("edgeward.central.admin")
 
@@ -120,17 +122,27 @@ class AdminService(v1.AdminServiceBase):
 
     # ------------------------------------------------------------ status and nodes
 
+    async def _links(self) -> dict[str, NodeLinkState]:
+        """Every node's connection state: this replica's streams, and on a database shared
+        by several replicas also what the others stored (link_store.py)."""
+        local = self.nodes.links.states
+        if not self.storage.shares_replicas:
+            return dict(local)
+        return link_store.merge_all(local, await self.storage.stored_links(), now_ms())
+
     @requires("viewer")
     async def get_status(self, message: v1.GetStatusRequest, caller: Any = None):
         nodes, users = await self.storage.counts()
-        connected = sum(1 for s in self.nodes.links.states.values() if s.connected)
+        connected = sum(1 for s in (await self._links()).values() if s.connected)
         return v1.GetStatusResponse(
             central_version=__version__, nodes_total=nodes, nodes_connected=connected,
             users_total=users, caller=caller.name, caller_role=caller.role,
         )  # fmt: skip
 
-    async def _node_info(self, row: Any) -> v1.NodeInfo:
-        return node_to_proto(row, self.nodes.links.get(row.node_id), self._revoked(row.node_id))
+    async def _node_info(self, row: Any, links: dict[str, NodeLinkState] | None = None):
+        links = await self._links() if links is None else links
+        state = links.get(row.node_id) or NodeLinkState()
+        return node_to_proto(row, state, self._revoked(row.node_id))
 
     def _revoked(self, node_id: str) -> bool:
         records = self.ca_store.issued(kind="node", name=node_id)
@@ -149,7 +161,8 @@ class AdminService(v1.AdminServiceBase):
     @requires("viewer")
     async def list_nodes(self, message: v1.ListNodesRequest, caller: Any = None):
         rows = await self.storage.list_nodes()
-        return v1.ListNodesResponse(nodes=[await self._node_info(row) for row in rows])
+        links = await self._links()
+        return v1.ListNodesResponse(nodes=[await self._node_info(row, links) for row in rows])
 
     @requires("viewer")
     async def get_node(self, message: v1.NodeRef, caller: Any = None):
@@ -339,7 +352,8 @@ class AdminService(v1.AdminServiceBase):
         user = await self.storage.get_user(message.user_id)
         facts = await self.storage.user_node_facts(message.user_id)
         audit = await self.storage.audit_of(message.user_id)
-        states = {f.node_id: self.nodes.links.get(f.node_id) for f in facts}
+        links = await self._links()
+        states = {f.node_id: links.get(f.node_id) or NodeLinkState() for f in facts}
         revoked = {f.node_id: self._revoked(f.node_id) for f in facts}
         report = explain.explain(user, facts, states, revoked, explain.now_ms())
         return v1.ExplainResponse(

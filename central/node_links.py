@@ -2,7 +2,10 @@
 
 The stream handler (central/stream.py) reports events here; the admin service
 reads. Kept in memory: a restarted central knows a node again from its next
-Hello (last_seen_ms is also stored with the node's usage).
+Hello (last_seen_ms is also stored with the node's usage). With several central
+replicas each one also writes the states that changed (`dirty`) to the shared
+database, so any replica can answer for a node connected to another
+(link_store.py).
 
 Outbox lag = the node's journal head seq - the seq central acknowledged. The
 head comes from Hello (journal_head_seq) and only grows with later acks, so
@@ -12,7 +15,7 @@ at the Hello minus what has been acknowledged since.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgeward.proto import v1
 
@@ -41,12 +44,24 @@ class NodeLinkState:
 class NodeLinks:
     def __init__(self) -> None:
         self.states: dict[str, NodeLinkState] = {}
+        self.dirty: set[str] = set()  # changed since take_dirty()
 
     def get(self, node_id: str) -> NodeLinkState:
         return self.states.get(node_id) or NodeLinkState()
 
     def _state(self, node_id: str) -> NodeLinkState:
+        self.dirty.add(node_id)
         return self.states.setdefault(node_id, NodeLinkState())
+
+    def take_dirty(self) -> dict[str, NodeLinkState]:
+        """Copies of the states changed since the last call."""
+        taken = {
+            node_id: replace(self.states[node_id], apply_errors=dict(state.apply_errors))
+            for node_id in self.dirty
+            if (state := self.states.get(node_id)) is not None
+        }
+        self.dirty.clear()
+        return taken
 
     def connected(self, node_id: str, hello: v1.Hello, acked_seq: int) -> None:
         at = now_ms()

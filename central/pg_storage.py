@@ -26,6 +26,7 @@ from edgeward.proto.usage_codec import UsageDelta
 from . import pg_ingest, pg_notify, pg_schema
 from .admin import AdminMixin
 from .ingest import Applied
+from .link_store import LinkStoreMixin
 from .notify import LocalNotifier, Notifier
 from .pg_dialect import PgConnection
 from .records import Transaction
@@ -38,6 +39,8 @@ from .storage import shield_public_methods
 
 class PgCore(SqliteCore):
     """SqliteCore's transactions and audit, on an asyncpg connection."""
+
+    shares_replicas = True  # several central replicas may use the database at once
 
     def __init__(self, conn: Any, notifier: Notifier, wg_pool: str) -> None:
         super().__init__(PgConnection(conn), notifier, wg_pool)  # type: ignore[arg-type]
@@ -96,7 +99,7 @@ class PgCore(SqliteCore):
         return await pg_ingest.apply_usage(self._conn, node_id, deltas, at)
 
 
-class PgStorage(PgCore, IngestMixin, EnforcementMixin, DesiredMixin, AdminMixin):
+class PgStorage(PgCore, IngestMixin, EnforcementMixin, DesiredMixin, AdminMixin, LinkStoreMixin):
     """Storage on PostgreSQL (see the module docstring)."""
 
 

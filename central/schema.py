@@ -139,6 +139,24 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX subscriptions_by_user ON subscriptions(user_id)",
     ],
+    # 3: node connection state as each central replica's streams see it (link_store.py),
+    # so `nodes list/health` answer the same from any replica.
+    [
+        """CREATE TABLE node_links (
+            node_id TEXT PRIMARY KEY,
+            replica TEXT NOT NULL,                 -- the central process holding the stream
+            connected INTEGER NOT NULL,
+            software_version TEXT NOT NULL,
+            connected_since_ms BIGINT NOT NULL,    -- orders connections: the newest wins
+            last_seen_ms BIGINT NOT NULL,
+            acked_seq BIGINT NOT NULL,
+            journal_head_seq BIGINT NOT NULL,
+            applied_revision BIGINT NOT NULL,
+            users_desired BIGINT NOT NULL,
+            users_applied BIGINT NOT NULL,
+            apply_errors TEXT NOT NULL             -- JSON {user: message}
+        )""",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

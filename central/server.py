@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from edgeward.proto import v1
 from edgeward.sdnotify import Notifier as SystemdNotifier
 from edgeward.sdnotify import watchdog_interval
 
-from . import subscription
+from . import link_store, subscription
 from .admin_service import AdminService, install_admin_identity
 from .config import CentralConfig
 from .identity import Identify, install_node_identity, pki_identify
@@ -133,6 +134,7 @@ async def serve(
         config.cert, config.key, config.ca_dir / "ca.crt", require_client_cert=False
     )
     ticker = None
+    sharing = None  # node link states written for the other replicas (link_store.py)
     subscriptions = None
     try:
         sock = socket.create_server((config.host, config.port), reuse_port=False)
@@ -146,6 +148,9 @@ async def serve(
         ticker = asyncio.create_task(
             enforcement_ticker(storage, config.enforce_interval, systemd, service)
         )
+        replica = f"{socket.gethostname()}:{port}/{os.getpid()}"
+        if storage.shares_replicas:
+            sharing = asyncio.create_task(link_store.share_links(storage, service.links, replica))
         log.info("central listening on %s:%d", config.host, port)
         systemd.ready(f"listening on {config.host}:{port}")
         if ready is not None:
@@ -158,14 +163,18 @@ async def serve(
             await asyncio.wait_for(server.wait_closed(), STOP_GRACE_SECONDS)
         except TimeoutError:
             log.warning("node streams did not finish within %ss", STOP_GRACE_SECONDS)
+        if sharing is not None:  # the other replicas see these streams end now
+            sharing.cancel()
+            await link_store.flush(storage, service.links, replica)
     finally:
         if subscriptions is not None:
             subscriptions.close()
             await subscriptions.wait_closed()
-        if ticker is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+        for task in (ticker, sharing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if own_storage:
             await storage.close()
         ca_store.close()  # type: ignore[attr-defined]

@@ -50,6 +50,9 @@ async def run_sync(db: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -
 class SqliteCore:
     """Connection, transactions and audit of SqliteStorage (see storage.py)."""
 
+    # One central per SQLite file: node connection state stays in memory (link_store.py).
+    shares_replicas = False
+
     def __init__(self, db: aiosqlite.Connection, notifier: Notifier, wg_pool: str) -> None:
         self._db = db
         self._lock = asyncio.Lock()

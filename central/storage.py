@@ -10,6 +10,7 @@ own SQL:
   sqlite_enforce  decide() applied, quota leases
   sqlite_desired  node snapshots and changes
   admin           nodes, plans, users, assignments, renewals
+  link_store      node connection state shared by replicas (PostgreSQL)
 
 A PostgreSQL implementation provides the same protocol with its own modules;
 callers only ever see `Storage`.
@@ -30,6 +31,7 @@ from edgeward.proto.usage_codec import UsageDelta
 from . import desired
 from .admin import AdminMixin
 from .decide import Decision
+from .link_store import LinkStoreMixin
 from .notify import Notifier
 from .records import IngestResult
 from .sqlite_core import SqliteCore
@@ -47,6 +49,7 @@ class Storage(Protocol):
     """What central's parts may ask of the database (see SqliteStorage for semantics)."""
 
     notifier: Notifier
+    shares_replicas: bool  # several central replicas may use the database at once
 
     async def close(self) -> None: ...
     async def add_node(
@@ -72,7 +75,9 @@ class Storage(Protocol):
     ) -> list[v1.Lease]: ...
 
 
-class SqliteStorage(IngestMixin, EnforcementMixin, DesiredMixin, AdminMixin, SqliteCore):
+class SqliteStorage(
+    IngestMixin, EnforcementMixin, DesiredMixin, AdminMixin, LinkStoreMixin, SqliteCore
+):
     """Storage on one SQLite file. Create with `await SqliteStorage.open(path)`."""
 
 

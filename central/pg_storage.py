@@ -36,6 +36,8 @@ from .sqlite_enforce import EnforcementMixin
 from .sqlite_ingest import IngestMixin
 from .storage import shield_public_methods
 
+ENFORCE_LOCK = 0x6564_6778  # pg_advisory_xact_lock key of enforcement passes
+
 
 class PgCore(SqliteCore):
     """SqliteCore's transactions and audit, on an asyncpg connection."""
@@ -92,6 +94,11 @@ class PgCore(SqliteCore):
     async def _read(self) -> AsyncIterator[Any]:
         async with self._lock, self._conn.transaction(isolation="repeatable_read", readonly=True):
             yield self._db
+
+    async def _serialize_enforcement(self, tx: Transaction) -> None:
+        """Replicas' enforcement passes one after the other: each reads what the previous
+        committed, so a suspension is decided (and audited, and pushed) once."""
+        await self._conn.execute("SELECT pg_advisory_xact_lock($1)", ENFORCE_LOCK)
 
     async def _apply_usage(
         self, tx: Transaction, node_id: str, deltas: Sequence[UsageDelta], at: int

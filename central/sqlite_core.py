@@ -121,6 +121,9 @@ class SqliteCore:
             events.append(NodeEvent(node_id, revision, tuple(tx.commands.get(node_id, ()))))
         return events
 
+    async def _serialize_enforcement(self, tx: Transaction) -> None:
+        """Enforcement passes read and decide one after the other (BEGIN IMMEDIATE does)."""
+
     async def _audit(
         self, tx: Transaction, actor: str, action: str, subject: str, reason: str, at: int
     ) -> None:

@@ -51,6 +51,7 @@ class EnforcementMixin:
     _write: Any
     _read: Any
     _audit: Any
+    _serialize_enforcement: Any
 
     async def enforce(
         self, at_ms: int | None = None, user_ids: Iterable[str] | None = None
@@ -63,6 +64,7 @@ class EnforcementMixin:
     async def _enforce_in(
         self, tx: Transaction, at: int, user_ids: list[str] | None, actor: str = SYSTEM_ACTOR
     ) -> list[Decision]:
+        await self._serialize_enforcement(tx)
         query, params = SELECT_LIMITS, ()
         if user_ids is not None:
             query, params = query + ONLY_USERS, (json.dumps(user_ids),)

@@ -1,0 +1,42 @@
+"""Enforcement passes of several replicas at once (real PostgreSQL): each user's suspension
+is decided once, so it is audited once and pushed to its nodes once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from edgeward.central.notify import NodeEvent
+from edgeward.central.pg_storage import PgStorage
+from tests.central.helpers import PROXY_INBOUNDS
+
+NOW = 1_800_000_000_000
+USERS = 50
+
+
+def test_two_replicas_enforcing_at_once_decide_each_suspension_once(postgres_dsn: str):
+    async def main():
+        first = await PgStorage.open(postgres_dsn)
+        second = await PgStorage.open(postgres_dsn)
+        events: list[NodeEvent] = []
+        try:
+            await first.add_node("node-a", PROXY_INBOUNDS, actor="t")
+            for i in range(USERS):
+                await first.create_user(
+                    f"u{i}", actor="t", expires_at_ms=NOW + 1000, node_ids=["node-a"], at_ms=NOW
+                )
+            with (
+                first.notifier.subscribe("node-a", events.append),
+                second.notifier.subscribe("node-a", events.append),
+            ):
+                passes = (first.enforce(NOW + 2000), second.enforce(NOW + 2000))
+                decided = await asyncio.gather(*passes)
+            audit = [e.subject for e in await first.audit_log() if e.action == "suspend"]
+        finally:
+            await first.close()
+            await second.close()
+        return decided, audit, events
+
+    decided, audit, events = asyncio.run(main())
+    assert sorted(len(d) for d in decided) == [0, USERS]  # one pass decided, the other saw it
+    assert sorted(audit) == sorted(f"u{i}" for i in range(USERS))
+    assert len([c for e in events for c in e.commands]) == USERS

@@ -113,7 +113,9 @@ class SqliteCore:
         events = []
         for node_id in sorted(tx.touched):
             async with tx.db.execute(BUMP_REVISION, (node_id,)) as cursor:
-                (revision,) = await cursor.fetchone()
+                row = await cursor.fetchone()
+            assert row is not None, f"touched node {node_id!r} does not exist"
+            (revision,) = row
             await tx.db.executemany(
                 LOG_CHANGED_USERS,
                 [(node_id, revision, user_id) for user_id in sorted(tx.touched[node_id])],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from edgeward.proto import v1
 
@@ -65,7 +65,7 @@ class EnforcementMixin:
         self, tx: Transaction, at: int, user_ids: list[str] | None, actor: str = SYSTEM_ACTOR
     ) -> list[Decision]:
         await self._serialize_enforcement(tx)
-        query, params = SELECT_LIMITS, ()
+        query, params = SELECT_LIMITS, cast(tuple[str, ...], ())
         if user_ids is not None:
             query, params = query + ONLY_USERS, (json.dumps(user_ids),)
         rows = await tx.db.execute_fetchall(query, params)
@@ -128,7 +128,7 @@ class EnforcementMixin:
         fresh: bool = False,
     ) -> list[v1.Lease]:
         """fresh: the node forgot its leases (new connection); re-send even unchanged ones."""
-        query, params = SELECT_LEASE_STATE, (node_id,)
+        query, params = SELECT_LEASE_STATE, cast(tuple[str, ...], (node_id,))
         if user_ids is not None:
             query, params = query + ONLY_LEASE_USERS, (node_id, json.dumps(user_ids))
         rows = await tx.db.execute_fetchall(query, params)

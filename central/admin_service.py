@@ -184,10 +184,12 @@ class AdminService(v1.AdminServiceBase):
             )
         except PkiError as e:
             raise GRPCError(Status.FAILED_PRECONDITION, str(e)) from None
-        # The verifier refuses the next connection; end the current one now.
+        # The verifier refuses the next connection; end the current one now (also on
+        # the other replicas: they share the CA directory, so they refuse it too).
         for session in list(self.nodes.sessions):
             if session.node_id == message.node_id:
                 session.inbox.put_nowait(("stop", None))
+        await self.storage.end_other_streams(message.node_id, now_ms() + 1)
         log.warning("node %s revoked by %s", message.node_id, caller.name)
         return await self._node_info(row)
 

@@ -23,6 +23,9 @@ class NodeEvent:
     node_id: str
     revision: int
     commands: tuple[v1.Command, ...] = ()
+    # Not 0: the node's streams begun before this time (ms) end, because the node
+    # connected to another replica, or was revoked (revision and commands unused).
+    stop_before_ms: int = 0
 
 
 class Notifier(Protocol):

@@ -13,6 +13,10 @@ revision, plus the enforcement commands when they fit; when they do not, the
 stream reads the change from storage (the desired state carries every user's
 suspension, so nothing is lost, only the early Enforcement message).
 
+The same channel ends streams on other replicas (`stop_before_ms`): when a node
+connects to one replica, its older stream elsewhere (a connection that has not
+noticed yet that the node left) ends; so does every stream of a revoked node.
+
 When the LISTEN connection is lost, notifications sent meanwhile are gone: the
 notifier reconnects (bounded backoff) and then gives every connected stream
 its node's current revision, so each re-checks storage and misses nothing.
@@ -57,6 +61,8 @@ class BadPayload(ValueError):
 def encode(event: NodeEvent) -> str:
     """The NOTIFY payload of an event: commands only if the whole fits MAX_PAYLOAD."""
     body: dict[str, Any] = {"node": event.node_id, "revision": event.revision}
+    if event.stop_before_ms:
+        body["stop_before_ms"] = event.stop_before_ms
     if event.commands:
         commands = bytes(v1.Enforcement(commands=list(event.commands)))
         with_commands = {**body, "commands": base64.b64encode(commands).decode()}
@@ -73,19 +79,23 @@ def decode(payload: str) -> NodeEvent:
     try:
         body = json.loads(payload)
         node_id, revision = body["node"], body["revision"]
+        stop_before_ms = body.get("stop_before_ms", 0)
         commands: tuple[v1.Command, ...] = ()
         if "commands" in body:
             enforcement = v1.Enforcement.parse(base64.b64decode(body["commands"]))
             commands = tuple(enforcement.commands)
     except (ValueError, KeyError, TypeError) as e:
         raise BadPayload(f"not a node change notification: {payload[:80]!r}") from e
-    if not isinstance(node_id, str) or not isinstance(revision, int):
+    if not all(
+        isinstance(v, t) for v, t in ((node_id, str), (revision, int), (stop_before_ms, int))
+    ):
         raise BadPayload(f"not a node change notification: {payload[:80]!r}")
-    return NodeEvent(node_id, revision, commands)
+    return NodeEvent(node_id, revision, commands, stop_before_ms)
 
 
 async def notify_in_transaction(conn: Any, events: Sequence[NodeEvent]) -> None:
-    """Queue one notification per event on conn's open transaction (sent at COMMIT)."""
+    """Queue one notification per event on conn's open transaction (sent at COMMIT);
+    outside a transaction each is sent at once."""
     if events:
         await conn.execute(NOTIFY_ALL, CHANNEL, [encode(event) for event in events])
 

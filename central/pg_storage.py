@@ -27,7 +27,7 @@ from . import pg_ingest, pg_notify, pg_schema
 from .admin import AdminMixin
 from .ingest import Applied
 from .link_store import LinkStoreMixin
-from .notify import LocalNotifier, Notifier
+from .notify import LocalNotifier, NodeEvent, Notifier
 from .pg_dialect import PgConnection
 from .records import Transaction
 from .sqlite_core import SqliteCore
@@ -94,6 +94,13 @@ class PgCore(SqliteCore):
     async def _read(self) -> AsyncIterator[Any]:
         async with self._lock, self._conn.transaction(isolation="repeatable_read", readonly=True):
             yield self._db
+
+    async def end_other_streams(self, node_id: str, before_ms: int) -> None:
+        """Other replicas end the node's streams begun before before_ms (this one's own
+        are the caller's business: the notification is not delivered here)."""
+        event = NodeEvent(node_id, 0, stop_before_ms=before_ms)
+        async with self._lock:
+            await pg_notify.notify_in_transaction(self._conn, [event])
 
     async def _serialize_enforcement(self, tx: Transaction) -> None:
         """Replicas' enforcement passes one after the other: each reads what the previous

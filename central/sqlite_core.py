@@ -123,6 +123,10 @@ class SqliteCore:
             events.append(NodeEvent(node_id, revision, tuple(tx.commands.get(node_id, ()))))
         return events
 
+    async def end_other_streams(self, node_id: str, before_ms: int) -> None:
+        """Other replicas end the node's streams begun before before_ms (one central
+        per SQLite file: none to tell)."""
+
     async def _serialize_enforcement(self, tx: Transaction) -> None:
         """Enforcement passes read and decide one after the other (BEGIN IMMEDIATE does)."""
 

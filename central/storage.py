@@ -73,6 +73,7 @@ class Storage(Protocol):
     async def grant_leases(
         self, node_id: str, user_ids: Iterable[str] | None = None, at_ms: int | None = None
     ) -> list[v1.Lease]: ...
+    async def end_other_streams(self, node_id: str, before_ms: int) -> None: ...
 
 
 class SqliteStorage(

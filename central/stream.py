@@ -143,10 +143,12 @@ class NodeService:
                 Status.PERMISSION_DENIED,
                 f"hello names node {hello.node_id!r} but the certificate is node {node_id!r}",
             )
-        # A node reconnecting before its old stream noticed: one session per node.
+        # A node reconnecting before its old stream noticed: one session per node,
+        # here and on the other central replicas.
         for old in [s for s in self.sessions if s.node_id == node_id]:
             old.inbox.put_nowait(("stop", None))
         session = NodeSession(self, stream, node_id, hello)
+        await self.storage.end_other_streams(node_id, session.started_ms)
         self.sessions.add(session)
         try:
             await session.run()
@@ -177,6 +179,7 @@ class NodeSession:
         self.node_id = node_id
         self.hello = hello
         self.revision = 0  # desired revision last sent
+        self.started_ms = now_ms()
         self.inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.read_credit = asyncio.Semaphore(READ_AHEAD)
         self.sent = 0
@@ -218,7 +221,10 @@ class NodeSession:
         log.info("node %s disconnected", self.node_id)
 
     def on_event(self, event: NodeEvent) -> None:
-        self.inbox.put_nowait(("event", event))
+        if not event.stop_before_ms:
+            self.inbox.put_nowait(("event", event))
+        elif self.started_ms < event.stop_before_ms:  # taken over elsewhere, or revoked
+            self.inbox.put_nowait(("stop", None))
 
     async def read(self) -> None:
         try:

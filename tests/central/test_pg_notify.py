@@ -21,6 +21,8 @@ SUSPEND = v1.Command("alice", v1.Action.SUSPEND, v1.Reason.QUOTA)
 def test_payload_round_trip_and_commands_left_out_when_too_big():
     event = NodeEvent("node-a", 7, (SUSPEND,))
     assert pg_notify.decode(pg_notify.encode(event)) == event
+    stop = NodeEvent("node-a", 0, stop_before_ms=1_800_000_000_000)
+    assert pg_notify.decode(pg_notify.encode(stop)) == stop
     many = tuple(
         v1.Command(f"user-{i:05d}", v1.Action.SUSPEND, v1.Reason.EXPIRED) for i in range(2000)
     )
@@ -29,7 +31,11 @@ def test_payload_round_trip_and_commands_left_out_when_too_big():
     assert pg_notify.decode(big) == NodeEvent("node-a", 8)  # the stream reads storage instead
 
 
-@pytest.mark.parametrize("payload", ["", "{", '{"node": 1, "revision": 2}', '{"node": "n"}'])
+@pytest.mark.parametrize(
+    "payload",
+    ["", "{", '{"node": 1, "revision": 2}', '{"node": "n"}', '{"node": "n", "revision": 1,'
+     ' "stop_before_ms": "x"}'],
+)  # fmt: skip
 def test_a_foreign_payload_is_refused(payload: str):
     with pytest.raises(pg_notify.BadPayload):
         pg_notify.decode(payload)

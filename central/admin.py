@@ -64,6 +64,7 @@ class AdminMixin(AdminQueriesMixin, AdminChangesMixin):
     _audit: Any
     _enforce_in: Any
     _serving_nodes: Any
+    _serialize_user_creation: Any
     wg_pool: str
 
     # ------------------------------------------------------------ nodes and plans
@@ -193,6 +194,7 @@ class AdminMixin(AdminQueriesMixin, AdminChangesMixin):
         private_key, public_key = credentials.wireguard_keypair()
         async with self._write() as tx:
             db = tx.db
+            await self._serialize_user_creation(tx)
             if await _exists(db, "SELECT 1 FROM users WHERE user_id = ?", user_id):
                 raise Conflict(f"user {user_id!r} already exists")
             if plan_id is not None:

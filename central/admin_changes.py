@@ -28,6 +28,7 @@ class AdminChangesMixin:
     _enforce_in: Any
     _serving_nodes: Any
     _require_user: Any
+    _serialize_user_creation: Any
     wg_pool: str
 
     async def delete_plan(self, plan_id: str, *, actor: str) -> None:
@@ -158,6 +159,7 @@ class AdminChangesMixin:
         ] if not errors else []  # fmt: skip
         async with self._write() as tx:
             db = tx.db
+            await self._serialize_user_creation(tx)
             if not errors:
                 errors.extend(await _conflicts(db, prepared, node_ids))
             if errors:

@@ -37,6 +37,7 @@ from .sqlite_ingest import IngestMixin
 from .storage import shield_public_methods
 
 ENFORCE_LOCK = 0x6564_6778  # pg_advisory_xact_lock key of enforcement passes
+USERS_LOCK = 0x6564_6779  # ... and of user creations (ids, UUIDs, WireGuard addresses)
 
 
 class PgCore(SqliteCore):
@@ -106,6 +107,11 @@ class PgCore(SqliteCore):
         """Replicas' enforcement passes one after the other: each reads what the previous
         committed, so a suspension is decided (and audited, and pushed) once."""
         await self._conn.execute("SELECT pg_advisory_xact_lock($1)", ENFORCE_LOCK)
+
+    async def _serialize_user_creation(self, tx: Transaction) -> None:
+        """Replicas' user creations one after the other: each sees the users, UUIDs and
+        WireGuard addresses the previous committed (a clear Conflict, no collision)."""
+        await self._conn.execute("SELECT pg_advisory_xact_lock($1)", USERS_LOCK)
 
     async def _apply_usage(
         self, tx: Transaction, node_id: str, deltas: Sequence[UsageDelta], at: int

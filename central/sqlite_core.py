@@ -130,6 +130,10 @@ class SqliteCore:
     async def _serialize_enforcement(self, tx: Transaction) -> None:
         """Enforcement passes read and decide one after the other (BEGIN IMMEDIATE does)."""
 
+    async def _serialize_user_creation(self, tx: Transaction) -> None:
+        """User creations check ids and allocate addresses one after the other (BEGIN
+        IMMEDIATE does)."""
+
     async def _audit(
         self, tx: Transaction, actor: str, action: str, subject: str, reason: str, at: int
     ) -> None:

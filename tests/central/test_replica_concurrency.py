@@ -1,10 +1,12 @@
-"""Enforcement passes of several replicas at once (real PostgreSQL): each user's suspension
-is decided once, so it is audited once and pushed to its nodes once."""
+"""Several replicas doing the same kind of write at once (real PostgreSQL): enforcement
+passes decide each suspension once (audited once, pushed once); user creations get
+distinct WireGuard addresses, and the same user id twice is a clear Conflict."""
 
 from __future__ import annotations
 
 import asyncio
 
+from edgeward.central.errors import Conflict
 from edgeward.central.notify import NodeEvent
 from edgeward.central.pg_storage import PgStorage
 from tests.central.helpers import PROXY_INBOUNDS
@@ -40,3 +42,32 @@ def test_two_replicas_enforcing_at_once_decide_each_suspension_once(postgres_dsn
     assert sorted(len(d) for d in decided) == [0, USERS]  # one pass decided, the other saw it
     assert sorted(audit) == sorted(f"u{i}" for i in range(USERS))
     assert len([c for e in events for c in e.commands]) == USERS
+
+
+def test_users_created_through_two_replicas_at_once_never_collide(postgres_dsn: str):
+    async def main():
+        first = await PgStorage.open(postgres_dsn)
+        second = await PgStorage.open(postgres_dsn)
+        try:
+            await first.add_node("node-a", PROXY_INBOUNDS, actor="t")
+            made = await asyncio.gather(
+                *(
+                    (first, second)[i % 2].create_user(f"u{i}", actor="t", node_ids=["node-a"])
+                    for i in range(USERS)
+                )
+            )
+            same = await asyncio.gather(
+                first.create_user("x", actor="t"),
+                second.create_user("x", actor="t"),
+                return_exceptions=True,
+            )
+        finally:
+            await first.close()
+            await second.close()
+        return made, same
+
+    made, same = asyncio.run(main())
+    assert len({user.wg_address for user in made}) == USERS
+    assert len({user.uuid for user in made}) == USERS
+    refused = [outcome for outcome in same if isinstance(outcome, Exception)]
+    assert len(refused) == 1 and isinstance(refused[0], Conflict), same

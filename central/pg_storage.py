@@ -38,6 +38,17 @@ from .storage import shield_public_methods
 
 ENFORCE_LOCK = 0x6564_6778  # pg_advisory_xact_lock key of enforcement passes
 USERS_LOCK = 0x6564_6779  # ... and of user creations (ids, UUIDs, WireGuard addresses)
+LEASES_LOCK = 0x6564_677A  # ... and, with each user's hashtext, of that user's lease grants
+# One advisory lock per user, taken in user order (the OFFSET 0 subquery keeps the
+# order): grants of different users never wait for each other, nor deadlock.
+LOCK_USERS_LEASES = (
+    "SELECT count(pg_advisory_xact_lock($1, hashtext(user_id)))"
+    " FROM (SELECT user_id FROM unnest($2::text[]) AS u(user_id) ORDER BY user_id OFFSET 0) s"
+)
+LOCK_NODE_USERS_LEASES = (
+    "SELECT count(pg_advisory_xact_lock($1, hashtext(user_id))) FROM (SELECT user_id"
+    " FROM assignments WHERE node_id = $2 AND removed_at_ms IS NULL ORDER BY user_id OFFSET 0) s"
+)
 
 
 class PgCore(SqliteCore):
@@ -107,6 +118,17 @@ class PgCore(SqliteCore):
         """Replicas' enforcement passes one after the other: each reads what the previous
         committed, so a suspension is decided (and audited, and pushed) once."""
         await self._conn.execute("SELECT pg_advisory_xact_lock($1)", ENFORCE_LOCK)
+
+    async def _serialize_grants(
+        self, tx: Transaction, node_id: str, user_ids: list[str] | None
+    ) -> None:
+        """Grants of one user on several replicas one after the other: each reads what
+        the other nodes hold after the previous grant, so the leases never sum to more
+        than the user's remaining bytes."""
+        if user_ids is None:
+            await self._conn.execute(LOCK_NODE_USERS_LEASES, LEASES_LOCK, node_id)
+        else:
+            await self._conn.execute(LOCK_USERS_LEASES, LEASES_LOCK, user_ids)
 
     async def _serialize_user_creation(self, tx: Transaction) -> None:
         """Replicas' user creations one after the other: each sees the users, UUIDs and

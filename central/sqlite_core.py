@@ -130,6 +130,12 @@ class SqliteCore:
     async def _serialize_enforcement(self, tx: Transaction) -> None:
         """Enforcement passes read and decide one after the other (BEGIN IMMEDIATE does)."""
 
+    async def _serialize_grants(
+        self, tx: Transaction, node_id: str, user_ids: list[str] | None
+    ) -> None:
+        """Lease grants of a user read the others' holdings and grant one after the
+        other (BEGIN IMMEDIATE does)."""
+
     async def _serialize_user_creation(self, tx: Transaction) -> None:
         """User creations check ids and allocate addresses one after the other (BEGIN
         IMMEDIATE does)."""

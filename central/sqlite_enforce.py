@@ -52,6 +52,7 @@ class EnforcementMixin:
     _read: Any
     _audit: Any
     _serialize_enforcement: Any
+    _serialize_grants: Any
 
     async def enforce(
         self, at_ms: int | None = None, user_ids: Iterable[str] | None = None
@@ -128,6 +129,7 @@ class EnforcementMixin:
         fresh: bool = False,
     ) -> list[v1.Lease]:
         """fresh: the node forgot its leases (new connection); re-send even unchanged ones."""
+        await self._serialize_grants(tx, node_id, user_ids)
         query, params = SELECT_LEASE_STATE, cast(tuple[str, ...], (node_id,))
         if user_ids is not None:
             query, params = query + ONLY_LEASE_USERS, (node_id, json.dumps(user_ids))

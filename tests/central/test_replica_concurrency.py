@@ -1,6 +1,7 @@
 """Several replicas doing the same kind of write at once (real PostgreSQL): enforcement
 passes decide each suspension once (audited once, pushed once); user creations get
-distinct WireGuard addresses, and the same user id twice is a clear Conflict."""
+distinct WireGuard addresses, and the same user id twice is a clear Conflict; lease
+grants of one user on nodes of different replicas never sum to more than remains."""
 
 from __future__ import annotations
 
@@ -71,3 +72,32 @@ def test_users_created_through_two_replicas_at_once_never_collide(postgres_dsn: 
     assert len({user.uuid for user in made}) == USERS
     refused = [outcome for outcome in same if isinstance(outcome, Exception)]
     assert len(refused) == 1 and isinstance(refused[0], Conflict), same
+
+
+def test_leases_granted_through_two_replicas_at_once_never_exceed_what_remains(
+    postgres_dsn: str,
+):
+    async def main():
+        first = await PgStorage.open(postgres_dsn)
+        second = await PgStorage.open(postgres_dsn)
+        try:
+            for node in ("node-a", "node-b", "node-c"):
+                await first.add_node(node, PROXY_INBOUNDS, actor="t")
+            users = [f"u{i}" for i in range(USERS)]
+            for user in users:
+                await first.create_user(user, actor="t", data_limit_bytes=1000, node_ids=["node-c"])
+            await first.grant_leases("node-c")  # node-c holds everything: 1000 each
+            for user in users:
+                await first.assign(user, "node-a", actor="t")
+                await first.assign(user, "node-b", actor="t")
+                await first.top_up(user, 300, actor="t")  # 300 unleased bytes each
+            # node-a's replica and node-b's replica grant at the same time.
+            await asyncio.gather(first.grant_leases("node-a"), second.grant_leases("node-b"))
+            return [await first.leases_held(user) for user in users]
+        finally:
+            await first.close()
+            await second.close()
+
+    held = asyncio.run(main())
+    assert all(sum(by_node.values()) == 1300 for by_node in held), held[:3]
+    assert all(by_node["node-c"] == 1000 for by_node in held)

@@ -132,7 +132,8 @@ class NodeService:
         first = await stream.recv_message()
         if first is None:
             return
-        kind, hello = betterproto2.which_one_of(first, "kind")
+        which: tuple[str, Any] = betterproto2.which_one_of(first, "kind")
+        kind, hello = which
         if kind != "hello":
             await refuse(
                 stream, Status.FAILED_PRECONDITION, f"first message must be hello, not {kind}"
@@ -257,7 +258,8 @@ class NodeSession:
                 return
 
     async def on_message(self, message: v1.NodeMessage) -> None:
-        kind, body = betterproto2.which_one_of(message, "kind")
+        which: tuple[str, Any] = betterproto2.which_one_of(message, "kind")
+        kind, body = which
         self.service.links.seen(self.node_id)
         if kind == "usage":
             await self.on_usage(body)

@@ -111,14 +111,19 @@ class PgNotifier:
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.backend_pid: int | None = None  # of the LISTEN connection
+        self._conn: Any = None  # the LISTEN connection, while there is one
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, dsn: str, local_backend_pids: set[int]) -> Self:
         """Listening before it returns (raises if the first connection fails)."""
         notifier = cls(dsn, local_backend_pids)
-        conn = await notifier._listen()
-        notifier._task = asyncio.create_task(notifier._keep_listening(conn))
+        try:
+            await notifier._listen()
+        except BaseException:
+            notifier._drop()
+            raise
+        notifier._task = asyncio.create_task(notifier._keep_listening())
         return notifier
 
     async def close(self) -> None:
@@ -127,6 +132,7 @@ class PgNotifier:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._drop()  # also when the task was cancelled before it ever ran
 
     def publish(self, event: NodeEvent) -> None:
         self._local.publish(event)
@@ -138,14 +144,17 @@ class PgNotifier:
 
     async def _listen(self) -> Any:
         conn = await asyncpg.connect(self._dsn, timeout=CONNECT_SECONDS)
-        try:
-            await conn.add_listener(CHANNEL, self._heard)
-        except BaseException:
-            conn.terminate()
-            raise
+        self._conn = conn
+        await conn.add_listener(CHANNEL, self._heard)
         self.backend_pid = conn.get_server_pid()
         self.connected.set()
         return conn
+
+    def _drop(self) -> None:
+        self.connected.clear()
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
 
     def _heard(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if pid in self.local_backend_pids:
@@ -157,29 +166,24 @@ class PgNotifier:
             return
         self._local.publish(event)
 
-    async def _keep_listening(self, conn: Any) -> None:
-        """Ping the LISTEN connection; when it is lost, reconnect and re-check every node."""
+    async def _keep_listening(self) -> None:
+        """Ping the LISTEN connection; when it is lost, reconnect and re-check every node.
+        Any failure only costs a reconnect: this task must outlive every error."""
         delay = RECONNECT_MIN_SECONDS
         while True:
-            if conn is not None:
+            if self._conn is not None:
                 try:
-                    await self._watch(conn)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+                    await self._watch(self._conn)
+                except Exception as e:
                     log.warning("lost the LISTEN connection to PostgreSQL: %r", e)
-                finally:
-                    self.connected.clear()
-                    conn.terminate()
-                    conn = None
+                self._drop()
             await asyncio.sleep(delay)
             try:
                 conn = await self._listen()
                 await self._recheck(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            except Exception as e:
                 log.warning("reconnecting to PostgreSQL for notifications: %r", e)
-                if conn is not None:
-                    self.connected.clear()
-                    conn.terminate()
-                    conn = None
+                self._drop()
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
                 continue
             self.reconnects += 1

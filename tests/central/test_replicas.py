@@ -181,13 +181,14 @@ def test_two_replicas_two_nodes_changes_cross_and_a_killed_replica_loses_nothing
         authority.issue_admin(pki.store, "admin-one", "admin", datetime.now(UTC)),
     )
     one, two = (
-        Replica(name, replica_config(tmp_path, pki, dsn, port, enforce), port, tmp_path / name)
+        Replica(name, replica_config(tmp_path, pki, dsn, port, enforce), port,
+                tmp_path / f"{name}.log")
         for name, port, enforce in (
-            ("replica-1.log", free_port(), 0.3),
+            ("replica-1", free_port(), 0.3),
             # Replica 2 decides nothing on its own after its first pass (an hour away).
-            ("replica-2.log", free_port(), 3600.0),
+            ("replica-2", free_port(), 3600.0),
         )
-    )
+    )  # fmt: skip
     cores = {node: V2rayCore(workdir=tmp_path / f"v2ray-{node}") for node in ("node-a", "node-b")}
     agents: dict[str, AgentProcess] = {}
     with running(*cores.values(), one, two):
@@ -195,13 +196,12 @@ def test_two_replicas_two_nodes_changes_cross_and_a_killed_replica_loses_nothing
             core.start()
         one.start()
         two.start()
-        configs = {}
         for node, first, second in (("node-a", one, two), ("node-b", two, one)):
             config = node_config(
                 tmp_path, pki, first.address, node_id=node, sample_interval=0.3,
                 addresses=[second.address],
             )  # fmt: skip
-            configs[node] = config = core_config(config, cores[node])
+            config = core_config(config, cores[node])
             workdir = tmp_path / f"run-{node}"
             workdir.mkdir()
             agents[node] = AgentProcess(config, workdir)

@@ -14,6 +14,9 @@ interval_seconds = 5.0            # how often expiry is checked for every user
 [subscription]                    # end users' subscription URLs (off when listen is unset)
 listen = "127.0.0.1:7444"         # host:port of the small HTTP endpoint (put TLS in front)
 public_url = "https://sub.example.com"  # what URLs handed to users start with
+[retention]                       # usage history (totals are kept forever: see retention.py)
+rollup_months = 13                # hourly rollups: whole months kept before the current one
+delta_days = 35                   # raw deltas (the ledger): days kept; 0 = keep forever
 
 `storage = "postgresql://..."` at the top level is accepted as a short form of
 [storage] database (then without a [storage] section).
@@ -44,6 +47,8 @@ class CentralConfig:
     subscription_host: str = ""  # "": no subscription endpoint
     subscription_port: int = 0
     subscription_url: str = ""
+    rollup_months: int = 13  # 0: keep forever
+    delta_days: int = 35  # 0: keep forever
 
 
 KNOWN = {
@@ -52,7 +57,10 @@ KNOWN = {
     "pki": {"ca_dir", "cert", "key"},
     "enforcement": {"interval_seconds"},
     "subscription": {"listen", "public_url"},
+    "retention": {"rollup_months", "delta_days"},
 }
+# Upper bounds of [retention]: beyond them a typo is likelier than an intent.
+RETENTION_LIMITS = {"rollup_months": 1200, "delta_days": 36500}
 
 
 def parse_config(text: str, source: str = "config") -> CentralConfig:
@@ -94,6 +102,7 @@ def parse_config(text: str, source: str = "config") -> CentralConfig:
     interval = enforcement.get("interval_seconds", defaults.enforce_interval)
     if not isinstance(interval, int | float) or interval <= 0:
         raise InvalidInput(f"{source}: [enforcement] interval_seconds must be > 0")
+    retention = _retention(source, data.get("retention", {}), defaults)
     return CentralConfig(
         host=host,
         port=port,
@@ -106,7 +115,22 @@ def parse_config(text: str, source: str = "config") -> CentralConfig:
         subscription_host=sub_host,
         subscription_port=sub_port,
         subscription_url=sub_url,
+        rollup_months=retention["rollup_months"],
+        delta_days=retention["delta_days"],
     )
+
+
+def _retention(source: str, section: dict, defaults: CentralConfig) -> dict[str, int]:
+    values = {}
+    for key, limit in RETENTION_LIMITS.items():
+        value = section.get(key, getattr(defaults, key))
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+            raise InvalidInput(
+                f"{source}: [retention] {key} must be a whole number from 0 (keep forever)"
+                f" to {limit}, got {value!r}"
+            )
+        values[key] = value
+    return values
 
 
 POSTGRESQL_SCHEMES = ("postgresql", "postgres")

@@ -3,7 +3,8 @@
 The same concern mixins as SqliteStorage run on it through pg_dialect's
 connection adapter; only what differs is here: the connection and its
 transactions (PostgreSQL's own locking instead of BEGIN IMMEDIATE), the
-migrations (pg_schema) and the ingest hot path (pg_ingest: COPY + unnest).
+migrations (pg_schema), the ingest hot path (pg_ingest: COPY + unnest) and
+the monthly partitions of the rollups (pg_retention).
 
 One connection and one lock per replica, like SQLite's one writer; across
 replicas PostgreSQL's row locks order the writers (pg_ingest locks the node's
@@ -29,6 +30,7 @@ from .ingest import Applied
 from .link_store import LinkStoreMixin
 from .notify import LocalNotifier, NodeEvent, Notifier
 from .pg_dialect import PgConnection
+from .pg_retention import PgRetentionMixin
 from .records import Transaction
 from .sqlite_core import SqliteCore
 from .sqlite_desired import DesiredMixin
@@ -141,7 +143,15 @@ class PgCore(SqliteCore):
         return await pg_ingest.apply_usage(self._conn, node_id, deltas, at)
 
 
-class PgStorage(PgCore, IngestMixin, EnforcementMixin, DesiredMixin, AdminMixin, LinkStoreMixin):
+class PgStorage(
+    PgRetentionMixin,
+    PgCore,
+    IngestMixin,
+    EnforcementMixin,
+    DesiredMixin,
+    AdminMixin,
+    LinkStoreMixin,
+):
     """Storage on PostgreSQL (see the module docstring)."""
 
 

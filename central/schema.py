@@ -157,6 +157,13 @@ MIGRATIONS: list[list[str]] = [
             apply_errors TEXT NOT NULL             -- JSON {user: message}
         )""",
     ],
+    # Rollups by month (retention.py): an index on the hour so that retention deletes
+    # old months' rows by range on SQLite. On PostgreSQL this statement becomes the
+    # conversion of usage_hourly into a table partitioned by month (pg_schema.OVERRIDES,
+    # pg_retention.py), whose old months are dropped whole.
+    [
+        "CREATE INDEX usage_hourly_by_hour ON usage_hourly(hour_ms)",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
@@ -172,8 +179,9 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return row[0] or 0
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database to LATEST_VERSION; returns the version it was at.
+def migrate(conn: sqlite3.Connection, target: int = LATEST_VERSION) -> int:
+    """Bring the database to LATEST_VERSION (tests: an older target); returns the
+    version it was at.
 
     Runs on a plain sqlite3 connection (autocommit mode) before the async
     storage opens, each migration in its own transaction.
@@ -184,7 +192,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             f"database schema version {start} is newer than this edgeward "
             f"(knows up to {LATEST_VERSION}); upgrade edgeward"
         )
-    for version in range(start + 1, LATEST_VERSION + 1):
+    for version in range(start + 1, target + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in MIGRATIONS[version - 1]:

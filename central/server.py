@@ -1,4 +1,4 @@
-"""Running central: storage, the mTLS node service, the enforcement ticker.
+"""Running central: storage, the mTLS node service, the enforcement and retention tickers.
 
 `serve()` is the whole program minus signal handling and systemd, so tests
 start and stop it in-process on port 0; `cli.py run` adds those.
@@ -22,7 +22,7 @@ from edgeward.proto import v1
 from edgeward.sdnotify import Notifier as SystemdNotifier
 from edgeward.sdnotify import watchdog_interval
 
-from . import link_store, subscription
+from . import link_store, retention, subscription
 from .admin_service import AdminService, install_admin_identity
 from .config import CentralConfig
 from .identity import Identify, install_node_identity, pki_identify
@@ -134,6 +134,7 @@ async def serve(
         config.cert, config.key, config.ca_dir / "ca.crt", require_client_cert=False
     )
     ticker = None
+    pruning = None  # retention: monthly partitions ahead, old rollups pruned (retention.py)
     sharing = None  # node link states written for the other replicas (link_store.py)
     subscriptions = None
     try:
@@ -147,6 +148,9 @@ async def serve(
             log.info("subscriptions on %s", subscriptions.sockets[0].getsockname())
         ticker = asyncio.create_task(
             enforcement_ticker(storage, config.enforce_interval, systemd, service)
+        )
+        pruning = asyncio.create_task(
+            retention.retention_ticker(storage, config.rollup_months, config.delta_days)
         )
         replica = f"{socket.gethostname()}:{port}/{os.getpid()}"
         if storage.shares_replicas:
@@ -170,7 +174,7 @@ async def serve(
         if subscriptions is not None:
             subscriptions.close()
             await subscriptions.wait_closed()
-        for task in (ticker, sharing):
+        for task in (ticker, pruning, sharing):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -11,6 +11,7 @@ own SQL:
   sqlite_desired  node snapshots and changes
   admin           nodes, plans, users, assignments, renewals
   link_store      node connection state shared by replicas (PostgreSQL)
+  sqlite_retention  pruning of old hourly rollups (retention.py)
 
 A PostgreSQL implementation provides the same protocol with its own modules;
 callers only ever see `Storage`.
@@ -34,10 +35,12 @@ from .decide import Decision
 from .link_store import LinkStoreMixin
 from .notify import Notifier
 from .records import IngestResult
+from .retention import RollupPrune
 from .sqlite_core import SqliteCore
 from .sqlite_desired import DesiredMixin
 from .sqlite_enforce import SYSTEM_ACTOR, EnforcementMixin
 from .sqlite_ingest import IngestMixin
+from .sqlite_retention import RetentionMixin
 
 __all__ = ["SYSTEM_ACTOR", "SqliteStorage", "Storage"]
 
@@ -74,10 +77,18 @@ class Storage(Protocol):
         self, node_id: str, user_ids: Iterable[str] | None = None, at_ms: int | None = None
     ) -> list[v1.Lease]: ...
     async def end_other_streams(self, node_id: str, before_ms: int) -> None: ...
+    async def prepare_rollups(self, at_ms: int) -> list[str]: ...
+    async def prune_rollups(self, before_ms: int) -> RollupPrune: ...
 
 
 class SqliteStorage(
-    IngestMixin, EnforcementMixin, DesiredMixin, AdminMixin, LinkStoreMixin, SqliteCore
+    IngestMixin,
+    EnforcementMixin,
+    DesiredMixin,
+    AdminMixin,
+    LinkStoreMixin,
+    RetentionMixin,
+    SqliteCore,
 ):
     """Storage on one SQLite file. Create with `await SqliteStorage.open(path)`."""
 

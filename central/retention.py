@@ -1,0 +1,151 @@
+"""How long central keeps usage history, and the periodic pass that applies it.
+
+Kept: every user's and node's totals (users, nodes tables) forever; retention
+never lowers a total or a quota. Pruned:
+- hourly rollups (`usage_hourly`) of whole calendar months (UTC) older than
+  `[retention] rollup_months`: on PostgreSQL, where usage_hourly is partitioned
+  by month, by dropping the month's partition; on SQLite by deleting its rows;
+- raw deltas (the `deltas` ledger) older than `[retention] delta_days` (the
+  ledger's own pruning keeps what exactly-once needs; see RAW-DELTA PRUNING).
+
+The month arithmetic is pure (UTC, epoch milliseconds) and shared by both
+backends; `retention_pass` is the thin driver the server's ticker runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .records import now_ms
+
+log = logging.getLogger("edgeward.central.retention")
+
+DAY_MS = 86_400_000
+# How often the retention ticker runs: months change slowly; an hour is plenty to
+# create next month's partition well before it starts and to drop old ones.
+RETENTION_INTERVAL_SECONDS = 3600.0
+# Months with a partition of their own: the range PostgreSQL and Python both handle
+# (a node's odd timestamp outside it stays in the DEFAULT partition).
+FIRST_MONTH_MS = 0  # 1970-01
+LAST_MONTH_MS = calendar.timegm((9998, 12, 1, 0, 0, 0)) * 1000
+PARTITION_PREFIX = "usage_hourly_p"
+
+
+@dataclass(frozen=True)
+class RollupPrune:
+    partitions_dropped: int  # whole months dropped (PostgreSQL)
+    rows_deleted: int  # rows deleted one by one (SQLite; PostgreSQL's DEFAULT partition)
+
+
+def month_start_ms(at_ms: int) -> int:
+    """The first millisecond (UTC) of the month holding at_ms."""
+    moment = datetime.fromtimestamp(at_ms / 1000, UTC)
+    return calendar.timegm((moment.year, moment.month, 1, 0, 0, 0)) * 1000
+
+
+def add_months(month_ms: int, months: int) -> int:
+    """The start of the month `months` after (negative: before) the month holding month_ms."""
+    moment = datetime.fromtimestamp(month_ms / 1000, UTC)
+    index = moment.year * 12 + moment.month - 1 + months
+    return calendar.timegm((index // 12, index % 12 + 1, 1, 0, 0, 0)) * 1000
+
+
+def partition_name(month_ms: int) -> str:
+    moment = datetime.fromtimestamp(month_ms / 1000, UTC)
+    return f"{PARTITION_PREFIX}{moment.year:04d}{moment.month:02d}"
+
+
+def partition_month(name: str) -> int | None:
+    """The month start of a partition named by partition_name(); None for other names."""
+    digits = name.removeprefix(PARTITION_PREFIX)
+    if digits == name or len(digits) != 6 or not digits.isdigit():
+        return None
+    year, month = int(digits[:4]), int(digits[4:])
+    if not 1 <= month <= 12:
+        return None
+    return calendar.timegm((year, month, 1, 0, 0, 0)) * 1000
+
+
+def months_ahead(at_ms: int, count: int = 2) -> list[int]:
+    """The month holding at_ms and the count-1 following ones: partitions made ahead,
+    so ingest never writes into a month whose partition does not exist yet."""
+    first = month_start_ms(at_ms)
+    return [add_months(first, i) for i in range(count)]
+
+
+def rollup_cutoff_ms(at_ms: int, keep_months: int) -> int | None:
+    """Rollups before this are pruned: keep_months whole months before the current one
+    are kept (and the current one). None: keep_months 0, kept forever."""
+    if keep_months <= 0:
+        return None
+    return add_months(month_start_ms(at_ms), -keep_months)
+
+
+def delta_cutoff_ms(at_ms: int, keep_days: int) -> int | None:
+    """Raw deltas sampled before this may be pruned. None: keep_days 0, kept forever."""
+    if keep_days <= 0:
+        return None
+    return at_ms - keep_days * DAY_MS
+
+
+def partitions_to_drop(names: list[str], cutoff_ms: int) -> list[str]:
+    """Monthly partitions wholly before cutoff_ms (their month ends at or before it)."""
+    old = []
+    for name in names:
+        month = partition_month(name)
+        if month is not None and add_months(month, 1) <= cutoff_ms:
+            old.append(name)
+    return sorted(old)
+
+
+async def retention_pass(
+    storage: Any, rollup_months: int, delta_days: int, at_ms: int | None = None
+) -> RollupPrune:
+    """Partitions ahead, then prune rollups (and, once connected, raw deltas)."""
+    at = now_ms() if at_ms is None else at_ms
+    await storage.prepare_rollups(at)
+    pruned = RollupPrune(0, 0)
+    cutoff = rollup_cutoff_ms(at, rollup_months)
+    if cutoff is not None:
+        pruned = await storage.prune_rollups(cutoff)
+    deltas_before = delta_cutoff_ms(at, delta_days)
+    if deltas_before is not None:
+        # ---- RAW-DELTA PRUNING: the one call site (issue 10 §3). The deltas ledger's
+        # owner provides the storage method (deletes ledger rows sampled before the
+        # cutoff, keeps each node's floor for exactly-once); the coordinator connects
+        # it here, e.g.:  await storage.prune_deltas(deltas_before)
+        pass
+    return pruned
+
+
+async def retention_ticker(
+    storage: Any,
+    rollup_months: int,
+    delta_days: int,
+    interval: float = RETENTION_INTERVAL_SECONDS,
+) -> None:
+    """Partitions ahead at start; a whole retention_pass every interval after that (a
+    central restarting often does not prune at each start). A failed pass is retried
+    on the next tick."""
+    try:
+        await storage.prepare_rollups(now_ms())
+    except Exception:
+        log.exception("making the rollups' partitions failed")
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            pruned = await retention_pass(storage, rollup_months, delta_days)
+        except Exception:
+            log.exception("retention pass failed")
+        else:
+            if pruned.partitions_dropped or pruned.rows_deleted:
+                log.info(
+                    "retention: dropped %d monthly partition(s), deleted %d rollup row(s)",
+                    pruned.partitions_dropped,
+                    pruned.rows_deleted,
+                )

@@ -7,7 +7,8 @@ against a raw `executemany` of the same rows into the same table in the same run
 Prints both rates and their ratio (goal: >= 100k deltas/s and >= 0.5x raw).
 The node's encoding is done before timing (the agent does it on its own
 machine); the node client shares this process and its 2 cores with central.
---storage postgresql: storage level only (bench/ingest_pg.py says why).
+--storage postgresql: the same stream into central on PostgreSQL, against raw
+COPY and raw executemany into the same table (bench/ingest_pg.py).
 """
 
 from __future__ import annotations
@@ -159,13 +160,17 @@ def main() -> None:
     if args.storage == "postgresql":
         from bench import ingest_pg
 
-        seconds = ingest_pg.run(batches, args.users)
+        seconds = ingest_pg.run(batches, args.users, pump)
         print(f"PostgreSQL, deltas: {args.deltas} in batches of {args.batch}, {args.users} users")
         for name, took in seconds.items():
-            print(f"{name + ':':24}{args.deltas / took:12,.0f} deltas/s")
-        for raw in ("raw COPY", "raw executemany"):
-            ratio = seconds[raw] / seconds["apply_usage"]
-            print(f"ratio apply_usage/{raw}: {ratio:.2f}x")
+            print(f"{name + ':':38}{args.deltas / took:10,.0f} deltas/s")
+        print("ratios (rate / raw rate, same table, same run):")
+        for ours in ("apply_usage", ingest_pg.STREAM_IN_PROCESS, ingest_pg.STREAM_APART):
+            versus = "  ".join(
+                f"vs {raw} {seconds[raw] / seconds[ours]:.2f}x"
+                for raw in ("raw COPY", "raw executemany")
+            )
+            print(f"  {ours + ':':38}{versus}")
         return
     with tempfile.TemporaryDirectory() as tmp:
         raw = raw_executemany(Path(tmp) / "raw.sqlite", batches)

@@ -8,10 +8,12 @@ and moves any month found in DEFAULT into a partition of its own; prune_rollups
 drops the months wholly before the cutoff (cheap: no row is visited).
 
 A partition is made as a plain table, filled with its month's rows from
-DEFAULT, then attached: ATTACH takes a lighter lock on usage_hourly than
-CREATE TABLE ... PARTITION OF, so concurrent ingest keeps going. Replicas do
-this one after the other (an advisory lock); `lock_timeout` bounds how long a
-maintenance step may wait behind ingest (it is retried on the next pass).
+DEFAULT, then attached, with ingest's writes to usage_hourly held off for those
+few milliseconds (an INSERT routed to DEFAULT while an ATTACH commits would fail
+the new bounds: a failed ingest would stall its node); readers go on. Dropping
+old months holds everything off for the DROP. Replicas do this one after the
+other (an advisory lock); `lock_timeout` bounds how long a maintenance step
+waits behind ingest (it is retried on the next pass).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from .retention import RollupPrune
 
 PARTITIONS_LOCK = 0x6564_677B  # pg_advisory_xact_lock key of partition maintenance
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
+BLOCK_WRITERS = "LOCK TABLE usage_hourly IN SHARE ROW EXCLUSIVE MODE"  # readers go on
+BLOCK_ALL = "LOCK TABLE usage_hourly IN ACCESS EXCLUSIVE MODE"
 LIST_PARTITIONS = (
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
     " WHERE i.inhparent = 'usage_hourly'::regclass"
@@ -57,6 +61,9 @@ async def make_partition(conn: Any, month_ms: int) -> bool:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITIONS_LOCK)
         if name in await list_partitions(conn):  # another replica made it
             return False
+        # Writers wait (a few ms: DEFAULT is small) rather than race the ATTACH: an
+        # INSERT routed to DEFAULT before the ATTACH commits would fail its new bounds.
+        await conn.execute(BLOCK_WRITERS)
         await conn.execute(f"CREATE TABLE {name} (LIKE usage_hourly INCLUDING ALL)")
         await conn.execute(MOVE_FROM_DEFAULT.format(name=name), month_ms, end)
         await conn.execute(
@@ -96,6 +103,9 @@ class PgRetentionMixin:
             await self._conn.execute(LOCK_TIMEOUT)
             await self._conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITIONS_LOCK)
             old = retention.partitions_to_drop(await list_partitions(self._conn), before_ms)
+            # One lock order for all: the parent first (DROP needs it exclusively; the
+            # DELETE would otherwise race ingest's upserts of the same rows in DEFAULT).
+            await self._conn.execute(BLOCK_ALL if old else BLOCK_WRITERS)
             for name in old:
                 await self._conn.execute(f"DROP TABLE {name}")
             status = await self._conn.execute(DELETE_BEFORE, before_ms)

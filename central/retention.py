@@ -123,19 +123,24 @@ async def retention_pass(
     return pruned
 
 
+async def prepare_at_start(storage: Any) -> None:
+    """This and next month's partitions before central takes streams. A failure is
+    logged, not fatal: ingest still lands in the DEFAULT partition, the ticker retries."""
+    try:
+        await storage.prepare_rollups(now_ms())
+    except Exception:
+        log.exception("making the rollups' partitions failed")
+
+
 async def retention_ticker(
     storage: Any,
     rollup_months: int,
     delta_days: int,
     interval: float = RETENTION_INTERVAL_SECONDS,
 ) -> None:
-    """Partitions ahead at start; a whole retention_pass every interval after that (a
-    central restarting often does not prune at each start). A failed pass is retried
-    on the next tick."""
-    try:
-        await storage.prepare_rollups(now_ms())
-    except Exception:
-        log.exception("making the rollups' partitions failed")
+    """A retention_pass every interval, the first one interval after start (a central
+    restarting often does not prune at each start; prepare_at_start ran already). A
+    failed pass is retried on the next tick."""
     while True:
         await asyncio.sleep(interval)
         try:

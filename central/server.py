@@ -123,6 +123,7 @@ async def serve(
         except BaseException:
             ca_store.close()  # type: ignore[attr-defined]
             raise
+    await retention.prepare_at_start(storage)  # partitions exist before any ingest
     service = NodeService(storage, enroller=enroller, renewer=renewer)  # type: ignore[arg-type]
     admin = AdminService(storage, service, ca_store, config.subscription_url)
     server = Server([service, admin])

@@ -33,9 +33,12 @@ class StorageBackend:
             return dump(Path(self.location))
         conn = await asyncpg.connect(str(self.location))
         try:
+            # Partitions' rows show under their parent (usage_hourly), whichever
+            # monthly partition holds them.
             tables = await conn.fetch(
-                "SELECT table_name FROM information_schema.tables"
-                " WHERE table_schema = 'public' ORDER BY table_name"
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+                " ORDER BY c.relname"
             )
             lines = []
             for (table,) in tables:

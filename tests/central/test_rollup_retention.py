@@ -181,3 +181,47 @@ def test_migration_keeps_rows_written_at_the_previous_version(storage_backend: S
     if storage_backend.name != "sqlite":
         # Partitioned; after prepare_rollups only the odd hour is left in DEFAULT.
         assert kind == ("p", [ms(9999, 5, 1)])
+
+
+def test_ingest_goes_on_while_replicas_make_partitions(postgres_dsn: str):
+    """Ingest on one replica writes into a month that sits in DEFAULT while two others
+    make that month's partition at once: no ingest fails (no deadlock), the partition is
+    made once, and every byte is in the rollups once."""
+    from edgeward.central.pg_storage import PgStorage
+
+    month = ms(2026, 3)
+    batches = [
+        [delta(b * 10 + i + 1, "alice", 1, 2, month + (b * 10 + i) * 60_000) for i in range(10)]
+        for b in range(40)
+    ]
+
+    async def main():
+        writer, *makers = [await PgStorage.open(postgres_dsn) for _ in range(3)]
+        try:
+            await writer.add_node("node-a", PROXY_INBOUNDS, actor="t")
+            await writer.create_user("alice", actor="t", node_ids=["node-a"])
+            await writer.ingest("node-a", batches[0])  # the month's first rows: in DEFAULT
+
+            async def ingest_rest():
+                for batch in batches[1:]:
+                    await writer.ingest("node-a", batch)
+
+            async def make_after(delay_batches: int, maker):
+                await asyncio.sleep(0.001 * delay_batches)
+                return await maker.prepare_rollups(month)
+
+            results = await asyncio.wait_for(
+                asyncio.gather(ingest_rest(), make_after(1, makers[0]), make_after(2, makers[1])),
+                60,
+            )
+            user = await writer.get_user("alice")
+            rows = await writer.hourly_usage("alice")
+        finally:
+            for storage in (writer, *makers):
+                await storage.close()
+        return results[1] + results[2], user, rows
+
+    made, user, rows = asyncio.run(main())
+    assert made.count("usage_hourly_p202603") == 1
+    assert (user.uplink_bytes, user.downlink_bytes) == (400, 800)
+    assert sum(row[3] for row in rows) == 400 and sum(row[4] for row in rows) == 800

@@ -225,3 +225,44 @@ def test_ingest_goes_on_while_replicas_make_partitions(postgres_dsn: str):
     assert made.count("usage_hourly_p202603") == 1
     assert (user.uplink_bytes, user.downlink_bytes) == (400, 800)
     assert sum(row[3] for row in rows) == 400 and sum(row[4] for row in rows) == 800
+
+
+def test_ingest_goes_on_while_another_replica_drops_old_months(postgres_dsn: str):
+    """Late deltas of an old month keep coming on one replica while another drops that
+    month: no ingest fails, and the users' totals count every delta."""
+    from edgeward.central.pg_storage import PgStorage
+
+    old = ms(2025, 1)
+    batches = [
+        [delta(b * 10 + i + 1, "alice", 1, 2, old + (b * 10 + i) * 60_000) for i in range(10)]
+        for b in range(40)
+    ]
+
+    async def main():
+        writer, pruner = [await PgStorage.open(postgres_dsn) for _ in range(2)]
+        try:
+            await writer.add_node("node-a", PROXY_INBOUNDS, actor="t")
+            await writer.create_user("alice", actor="t", node_ids=["node-a"])
+            await writer.ingest("node-a", batches[0])
+            await pruner.prepare_rollups(old)  # the old month has its partition
+
+            async def ingest_rest():
+                for batch in batches[1:]:
+                    await writer.ingest("node-a", batch)
+
+            async def prune_soon():
+                await asyncio.sleep(0.002)
+                return await pruner.prune_rollups(ms(2026, 1))
+
+            _, pruned = await asyncio.wait_for(asyncio.gather(ingest_rest(), prune_soon()), 60)
+            user = await writer.get_user("alice")
+            left = await partitions(StorageBackend("postgresql", postgres_dsn))
+        finally:
+            await writer.close()
+            await pruner.close()
+        return pruned, user, left
+
+    pruned, user, left = asyncio.run(main())
+    assert pruned.partitions_dropped == 2  # January 2025 and the next month made ahead
+    assert not {"usage_hourly_p202501", "usage_hourly_p202502"} & set(left)
+    assert (user.uplink_bytes, user.downlink_bytes) == (400, 800)

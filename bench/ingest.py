@@ -160,8 +160,12 @@ def main() -> None:
     if args.storage == "postgresql":
         from bench import ingest_pg
 
-        seconds = ingest_pg.run(batches, args.users, pump)
-        print(f"PostgreSQL, deltas: {args.deltas} in batches of {args.batch}, {args.users} users")
+        seconds = ingest_pg.run(batches, args.users, pump, args.limit)
+        limited = f", data limit {args.limit} (streamed runs)" if args.limit is not None else ""
+        print(
+            f"PostgreSQL, deltas: {args.deltas} in batches of {args.batch},"
+            f" {args.users} users{limited}"
+        )
         for name, took in seconds.items():
             print(f"{name + ':':38}{args.deltas / took:10,.0f} deltas/s")
         print("ratios (rate / raw rate, same table, same run):")

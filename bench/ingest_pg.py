@@ -88,7 +88,7 @@ async def _ingest(conn, batch: list[UsageDelta]) -> None:
 
 
 async def _central_database(
-    cluster: PostgresCluster, users: int, batches: list[list[UsageDelta]]
+    cluster: PostgresCluster, users: int, batches: list[list[UsageDelta]], limit: int | None
 ) -> str:
     """A database as central's admin leaves it: the node, its users, this month's partition."""
     dsn = cluster.new_database()
@@ -96,7 +96,9 @@ async def _central_database(
     try:
         await storage.add_node("node-a", PROXY_INBOUNDS, actor="bench")
         for i in range(users):
-            await storage.create_user(f"user-{i}", actor="bench", node_ids=["node-a"])
+            await storage.create_user(
+                f"user-{i}", actor="bench", node_ids=["node-a"], data_limit_bytes=limit
+            )
         await storage.prepare_rollups(batches[0][0].sampled_at_ms)
     finally:
         await storage.close()
@@ -117,8 +119,8 @@ async def _check_totals(dsn: str, batches: list[list[UsageDelta]], acked: int) -
     assert counted == expected, (counted, expected)
 
 
-async def _streamed_in_process(cluster, users, batches, pump: Pump, workdir: Path) -> float:
-    dsn = await _central_database(cluster, users, batches)
+async def _streamed_in_process(cluster, users, batches, limit, pump: Pump, workdir: Path) -> float:
+    dsn = await _central_database(cluster, users, batches, limit)
     pki = make_pki(workdir / "in-process")
     messages = [encode_usage(batch) for batch in batches]  # the agent's work, not timed
     storage = await PgStorage.open(dsn, listen=True)
@@ -131,8 +133,10 @@ async def _streamed_in_process(cluster, users, batches, pump: Pump, workdir: Pat
     return elapsed
 
 
-async def _streamed_central_process(cluster, users, batches, pump: Pump, workdir: Path) -> float:
-    dsn = await _central_database(cluster, users, batches)
+async def _streamed_central_process(
+    cluster, users, batches, limit, pump: Pump, workdir: Path
+) -> float:
+    dsn = await _central_database(cluster, users, batches, limit)
     pki = make_pki(workdir / "apart")
     messages = [encode_usage(batch) for batch in batches]
     config = workdir / "central.toml"
@@ -150,8 +154,11 @@ STREAM_IN_PROCESS = "gRPC stream, node client in process"
 STREAM_APART = "gRPC stream, central in own process"
 
 
-def run(batches: list[list[UsageDelta]], users: int, pump: Pump) -> dict[str, float]:
-    """Seconds taken by each way of writing the batches."""
+def run(
+    batches: list[list[UsageDelta]], users: int, pump: Pump, limit: int | None = None
+) -> dict[str, float]:
+    """Seconds taken by each way of writing the batches (limit: every user's data limit
+    in the streamed runs, so leases are granted and counted)."""
     bindir = postgres_bindir()
     if bindir is None:
         raise SystemExit("PostgreSQL is not installed (scripts/setup installs it)")
@@ -165,10 +172,10 @@ def run(batches: list[list[UsageDelta]], users: int, pump: Pump) -> dict[str, fl
                 "raw executemany": await _timed(cluster, users, batches, _executemany),
                 "apply_usage": await _timed(cluster, users, batches, _ingest),
                 STREAM_IN_PROCESS: await _streamed_in_process(
-                    cluster, users, batches, pump, workdir
+                    cluster, users, batches, limit, pump, workdir
                 ),
                 STREAM_APART: await _streamed_central_process(
-                    cluster, users, batches, pump, workdir
+                    cluster, users, batches, limit, pump, workdir
                 ),
             }
 

@@ -106,9 +106,10 @@ def partitions_to_drop(names: list[str], cutoff_ms: int) -> list[str]:
 async def retention_pass(
     storage: Any, rollup_months: int, delta_days: int, at_ms: int | None = None
 ) -> RollupPrune:
-    """Partitions ahead, then prune rollups (and, once connected, raw deltas)."""
+    """Prune rollups (and, once connected, raw deltas), then make partitions ahead (in
+    that order: late rows of a pruned month in DEFAULT are deleted, not given a
+    partition that the next pass would drop)."""
     at = now_ms() if at_ms is None else at_ms
-    await storage.prepare_rollups(at)
     pruned = RollupPrune(0, 0)
     cutoff = rollup_cutoff_ms(at, rollup_months)
     if cutoff is not None:
@@ -120,6 +121,7 @@ async def retention_pass(
         # cutoff, keeps each node's floor for exactly-once); the coordinator connects
         # it here, e.g.:  await storage.prune_deltas(deltas_before)
         pass
+    await storage.prepare_rollups(at)
     return pruned
 
 

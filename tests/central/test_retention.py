@@ -139,3 +139,34 @@ def test_central_makes_this_and_next_months_partitions_at_start(tmp_path, postgr
 
 def test_the_config_dataclass_defaults_match_the_documented_ones():
     assert CentralConfig().rollup_months == 13 and CentralConfig().delta_days == 35
+
+
+def test_a_pass_deletes_late_rows_of_a_pruned_month_without_a_partition(postgres_dsn: str):
+    """A late delta of a dropped month lands in DEFAULT; the next pass deletes it there
+    rather than making the month a partition again."""
+    now = ms(2026, 12, 10)
+
+    async def main():
+        storage = await PgStorage.open(postgres_dsn)
+        try:
+            await storage.add_node("node-a", PROXY_INBOUNDS, actor="t")
+            await storage.create_user("alice", actor="t", node_ids=["node-a"])
+            await storage.ingest("node-a", [delta(1, "alice", 1, 1, ms(2025, 3, 2))])
+            first = await retention.retention_pass(storage, 3, 0, now)
+            await storage.ingest("node-a", [delta(2, "alice", 1, 1, ms(2025, 3, 3))])  # late
+            second = await retention.retention_pass(storage, 3, 0, now)
+            conn = await asyncpg.connect(postgres_dsn)
+            try:
+                parts = await list_partitions(conn)
+            finally:
+                await conn.close()
+            hours = await storage.hourly_usage("alice")
+        finally:
+            await storage.close()
+        return first, second, parts, hours
+
+    first, second, parts, hours = asyncio.run(main())
+    assert first == retention.RollupPrune(0, 1)  # in DEFAULT (no partition yet): deleted
+    assert second == retention.RollupPrune(0, 1)
+    assert parts == ["usage_hourly_default", "usage_hourly_p202612", "usage_hourly_p202701"]
+    assert hours == []

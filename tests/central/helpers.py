@@ -20,7 +20,7 @@ from h2.exceptions import StreamClosedError
 from edgeward.central.config import CentralConfig
 from edgeward.central.desired import Inbound
 from edgeward.central.server import serve
-from edgeward.central.storage import SqliteStorage
+from edgeward.central.storage import Storage
 from edgeward.pki import authority
 from edgeward.pki.store import CAStore
 from edgeward.pki.tls import client_context
@@ -80,7 +80,7 @@ def make_pki(directory: Path) -> TestPki:
     return TestPki(directory / "ca", store, write_pair(directory / "central", "server", server))
 
 
-def central_config(pki: TestPki, database: Path, port: int = 0) -> CentralConfig:
+def central_config(pki: TestPki, database: Path | str, port: int = 0) -> CentralConfig:
     return CentralConfig(
         host="127.0.0.1",
         port=port,
@@ -103,7 +103,7 @@ def config_toml(config: CentralConfig) -> str:
 
 @contextlib.asynccontextmanager
 async def running_central(
-    pki: TestPki, storage: SqliteStorage, database: Path
+    pki: TestPki, storage: Storage, database: Path | str
 ) -> AsyncIterator[int]:
     """central serving `storage` on a fresh loopback port; stopped on exit."""
     shutdown = asyncio.Event()

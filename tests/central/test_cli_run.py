@@ -10,16 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgeward.central.storage import SqliteStorage
+from tests.central.backends import StorageBackend
 from tests.central.helpers import PROXY_INBOUNDS, WAIT, central_config, config_toml, make_pki
 from tests.support.ports import free_port, wait_listening
 
 CENTRAL = [sys.executable, "-c", "from edgeward.central.cli import main; main()"]
 
 
-def test_run_notifies_systemd_serves_and_stops_on_sigterm(tmp_path: Path):
+def test_run_notifies_systemd_serves_and_stops_on_sigterm(
+    tmp_path: Path, storage_backend: StorageBackend
+):
     pki = make_pki(tmp_path)
-    database = tmp_path / "central.sqlite"
+    database = storage_backend.location
     port = free_port()
     config = tmp_path / "central.toml"
     config.write_text(config_toml(central_config(pki, database, port=port)))
@@ -54,11 +56,11 @@ def test_run_notifies_systemd_serves_and_stops_on_sigterm(tmp_path: Path):
     assert any(m.startswith("STOPPING=1") for m in messages)
     assert code == 0, stderr
     # It created and migrated its database.
-    assert asyncio.run(_node_known(database)) is False
+    assert asyncio.run(_node_known(storage_backend)) is False
 
 
-async def _node_known(database: Path) -> bool:
-    storage = await SqliteStorage.open(database)
+async def _node_known(backend: StorageBackend) -> bool:
+    storage = await backend.open()
     try:
         await storage.add_node("node-a", PROXY_INBOUNDS, actor="t")
         return await storage.node_known("node-b")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from edgeward.central.storage import SqliteStorage
 from edgeward.proto.usage_codec import encode_usage
+from tests.central.backends import StorageBackend
 from tests.central.helpers import (
     PROXY_INBOUNDS,
     WAIT,
@@ -51,21 +51,23 @@ class Child:
             self.process.stdout.close()
 
 
-def test_crash_between_commit_and_ack_then_replay_counts_exactly_once(tmp_path: Path):
+def test_crash_between_commit_and_ack_then_replay_counts_exactly_once(
+    tmp_path: Path, storage_backend: StorageBackend
+):
     pki = make_pki(tmp_path)
-    database = tmp_path / "central.sqlite"
+    database = storage_backend.location  # the child opens it from the config
     config = tmp_path / "central.toml"
     config.write_text(config_toml(central_config(pki, database, port=free_port())))
     node_cert = pki.node("node-a")
 
     async def prepare():
-        storage = await SqliteStorage.open(database)
+        storage = await storage_backend.open()
         await storage.add_node("node-a", PROXY_INBOUNDS, actor="t")
         await storage.create_user("alice", actor="t", node_ids=["node-a"])
         await storage.close()
 
     async def usage_totals():
-        storage = await SqliteStorage.open(database)
+        storage = await storage_backend.open()
         user = await storage.get_user("alice")
         node = await storage.node_usage("node-a")
         await storage.close()

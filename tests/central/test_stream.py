@@ -1,4 +1,5 @@
-"""The node stream over real mTLS against central serving a real SQLite file."""
+"""The node stream over real mTLS against central serving a real SQLite file and a real
+PostgreSQL database (storage_backend)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import pytest
 from grpclib.client import Channel
 from grpclib.const import Status
 
-from edgeward.central.storage import SqliteStorage
 from edgeward.pki import authority
 from edgeward.pki.certs import generate_key, key_pem, make_csr
 from edgeward.pki.tls import client_context
 from edgeward.proto import v1
+from tests.central.backends import StorageBackend
 from tests.central.helpers import (
     ENROLL,
     PROXY_INBOUNDS,
@@ -28,10 +29,10 @@ from tests.central.helpers import (
 )
 
 
-async def setup(tmp_path: Path):
+async def setup(tmp_path: Path, backend: StorageBackend):
     pki = make_pki(tmp_path)
-    database = tmp_path / "central.sqlite"
-    storage = await SqliteStorage.open(database)
+    database = backend.location
+    storage = await backend.open()
     for node in ("node-a", "node-b"):
         await storage.add_node(node, PROXY_INBOUNDS, actor="admin:root")
     await storage.create_user(
@@ -41,9 +42,11 @@ async def setup(tmp_path: Path):
     return pki, database, storage
 
 
-def test_hello_welcome_snapshot_leases_acks_and_pushed_changes(tmp_path: Path):
+def test_hello_welcome_snapshot_leases_acks_and_pushed_changes(
+    tmp_path: Path, storage_backend: StorageBackend
+):
     async def main():
-        pki, database, storage = await setup(tmp_path)
+        pki, database, storage = await setup(tmp_path, storage_backend)
         node_a = pki.node("node-a")
         async with running_central(pki, storage, database) as port:
             async with node_stream(port, pki, node_a) as node:
@@ -83,9 +86,11 @@ def test_hello_welcome_snapshot_leases_acks_and_pushed_changes(tmp_path: Path):
     assert welcome_again.acked_seq == 2
 
 
-def test_quota_exhaustion_is_pushed_to_every_node_serving_the_user(tmp_path: Path):
+def test_quota_exhaustion_is_pushed_to_every_node_serving_the_user(
+    tmp_path: Path, storage_backend: StorageBackend
+):
     async def main():
-        pki, database, storage = await setup(tmp_path)
+        pki, database, storage = await setup(tmp_path, storage_backend)
         async with (
             running_central(pki, storage, database) as port,
             node_stream(port, pki, pki.node("node-a")) as node_a,
@@ -114,9 +119,11 @@ def test_quota_exhaustion_is_pushed_to_every_node_serving_the_user(tmp_path: Pat
         assert alice.suspended and alice.suspended_reason == v1.Reason.QUOTA
 
 
-def test_node_a_cannot_report_for_or_receive_node_b_users(tmp_path: Path):
+def test_node_a_cannot_report_for_or_receive_node_b_users(
+    tmp_path: Path, storage_backend: StorageBackend
+):
     async def main():
-        pki, database, storage = await setup(tmp_path)
+        pki, database, storage = await setup(tmp_path, storage_backend)
         node_a = pki.node("node-a")
         async with running_central(pki, storage, database) as port:
             async with node_stream(port, pki, node_a) as node:
@@ -153,9 +160,11 @@ def test_node_a_cannot_report_for_or_receive_node_b_users(tmp_path: Path):
 
 
 @pytest.mark.parametrize("case", ["revoked", "unregistered", "no-cert", "admin-cert"])
-def test_nodes_that_may_not_connect_are_refused_with_the_reason(tmp_path: Path, case: str):
+def test_nodes_that_may_not_connect_are_refused_with_the_reason(
+    tmp_path: Path, storage_backend: StorageBackend, case: str
+):
     async def main():
-        pki, database, storage = await setup(tmp_path)
+        pki, database, storage = await setup(tmp_path, storage_backend)
         if case == "revoked":
             client = pki.node("node-a")
             pki.revoke("node-a")
@@ -189,9 +198,11 @@ def test_nodes_that_may_not_connect_are_refused_with_the_reason(tmp_path: Path, 
     assert stream_error.message == refused.message
 
 
-def test_enrollment_without_a_certificate_then_streaming_with_the_issued_one(tmp_path: Path):
+def test_enrollment_without_a_certificate_then_streaming_with_the_issued_one(
+    tmp_path: Path, storage_backend: StorageBackend
+):
     async def main():
-        pki, database, storage = await setup(tmp_path)
+        pki, database, storage = await setup(tmp_path, storage_backend)
         token = authority.mint_enrollment_token(pki.store, "node-b", datetime.now(UTC))
         key = generate_key()
         async with running_central(pki, storage, database) as port:
@@ -225,9 +236,11 @@ def test_enrollment_without_a_certificate_then_streaming_with_the_issued_one(tmp
     assert [u.user_id for u in snapshot.users] == ["alice", "bob"]
 
 
-def test_shutdown_ends_streams_with_a_reason_and_serve_returns(tmp_path: Path):
+def test_shutdown_ends_streams_with_a_reason_and_serve_returns(
+    tmp_path: Path, storage_backend: StorageBackend
+):
     async def main():
-        pki, database, storage = await setup(tmp_path)
+        pki, database, storage = await setup(tmp_path, storage_backend)
         async with running_central(pki, storage, database) as port:
             node_ctx = node_stream(port, pki, pki.node("node-b"))
             node = await node_ctx.__aenter__()

@@ -11,7 +11,6 @@ import pytest
 from grpclib.const import Status
 
 from edgeward.agent.journal_records import PendingDelta
-from edgeward.central.storage import SqliteStorage
 from edgeward.proto import v1
 from edgeward.proto.usage_codec import (
     INT64_MAX,
@@ -21,7 +20,8 @@ from edgeward.proto.usage_codec import (
     decode_usage,
     encode_usage,
 )
-from tests.central.helpers import PROXY_INBOUNDS, delta, dump, make_pki, node_stream
+from tests.central.backends import StorageBackend
+from tests.central.helpers import PROXY_INBOUNDS, delta, make_pki, node_stream
 from tests.central.helpers import running_central as central
 
 PROXY, WIREGUARD = int(v1.Engine.PROXY), int(v1.Engine.WIREGUARD)
@@ -156,12 +156,14 @@ def test_decode_refuses_a_malformed_batch_with_the_reason(case: str):
     assert str(caught.value).startswith(error)
 
 
-def test_central_refuses_a_malformed_batch_on_the_stream_and_stores_nothing(tmp_path: Path):
-    database = tmp_path / "central.sqlite"
+def test_central_refuses_a_malformed_batch_on_the_stream_and_stores_nothing(
+    tmp_path: Path, storage_backend: StorageBackend
+):
+    database = storage_backend.location
 
     async def main():
         pki = make_pki(tmp_path)
-        storage = await SqliteStorage.open(database)
+        storage = await storage_backend.open()
         await storage.add_node("node-a", PROXY_INBOUNDS, actor="test")
         await storage.create_user("alice", actor="test", node_ids=["node-a"])
         async with (
@@ -170,12 +172,12 @@ def test_central_refuses_a_malformed_batch_on_the_stream_and_stores_nothing(tmp_
         ):
             await node.handshake("node-a")
             acked = await node.usage([delta(1, "alice", 5, 5)])
-            before = dump(database)
+            before = await storage_backend.dump(skip=("node_links",))
             bad = encode_usage([delta(2, "alice", 7, 7), delta(3, "alice", 9, 9)])
             bad.seqs = i64(3, 2)
             await node.send(usage=bad)
             refusal, status = await node.refusal()
-        after = dump(database)
+        after = await storage_backend.dump(skip=("node_links",))
         user = await storage.get_user("alice")
         await storage.close()
         return acked, before, after, refusal, status, user

@@ -60,22 +60,28 @@ class Aggregate:
 
 
 def aggregate(
-    node_id: str, deltas: Sequence[UsageDelta], countable_users: Container[str]
+    node_id: str,
+    deltas: Sequence[UsageDelta],
+    countable_users: Container[str],
+    ledger: bool = True,
 ) -> Aggregate:
     """Ledger rows for every delta; sums for those of users the node may report for.
+
+    ledger=False: no per-delta ledger rows (a backend storing the batch whole).
 
     A delta of a user never assigned to this node is kept in the ledger with
     counted=0 and adds to nothing: a node cannot charge another node's users.
     """
     result = Aggregate()
-    ledger = result.ledger
+    ledger_rows = result.ledger if ledger else None
     hourly = result.hourly
     per_user = result.per_user
     node_up = node_down = 0
     for seq, user_id, engine, epoch, up, down, at in deltas:
         engine = int(engine)
         counted = user_id in countable_users
-        ledger.append((node_id, seq, user_id, engine, epoch, up, down, at, 1 if counted else 0))
+        if ledger_rows is not None:
+            ledger_rows.append((node_id, seq, user_id, engine, epoch, up, down, at, int(counted)))
         if not counted:
             result.rejected_users.add(user_id)
             continue

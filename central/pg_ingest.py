@@ -23,7 +23,7 @@ LEDGER_COLUMNS = (
     "node_id", "seq", "user_id", "engine", "epoch", "uplink_bytes", "downlink_bytes",
     "sampled_at_ms", "counted",
 )  # fmt: skip
-LOCK_NODE = "SELECT acked_seq FROM nodes WHERE node_id = $1 FOR UPDATE"
+LOCK_NODE = "SELECT acked_seq, ledger_floor_seq FROM nodes WHERE node_id = $1 FOR UPDATE"
 SELECT_SEEN_SEQS = "SELECT seq FROM deltas WHERE node_id = $1 AND seq BETWEEN $2 AND $3"
 SELECT_COUNTABLE_USERS = (
     "SELECT a.user_id, a.removed_at_ms IS NULL, u.data_limit_bytes, u.expires_at_ms,"
@@ -64,16 +64,17 @@ ADD_NODE_TOTALS = (
 
 async def apply_usage(conn: Any, node_id: str, deltas: Sequence[UsageDelta], at: int) -> Applied:
     """conn: an asyncpg connection inside a transaction."""
-    acked = await conn.fetchval(LOCK_NODE, node_id)
-    if acked is None:
+    row = await conn.fetchrow(LOCK_NODE, node_id)
+    if row is None:
         raise LookupError(f"unknown node {node_id!r}")
+    acked, floor = row
     if not deltas:
         return Applied(acked, 0, None, [])
     fresh: Sequence[UsageDelta] = deltas
     first, last = deltas[0][0], deltas[-1][0]
     if first <= acked:
         seen = {row[0] for row in await conn.fetch(SELECT_SEEN_SEQS, node_id, first, last)}
-        fresh = [delta for delta in deltas if delta[0] not in seen]
+        fresh = [delta for delta in deltas if delta[0] > floor and delta[0] not in seen]
     new_acked = max(acked, last)
     if not fresh:
         return Applied(new_acked, 0, None, [])
@@ -109,3 +110,29 @@ async def apply_usage(conn: Any, node_id: str, deltas: Sequence[UsageDelta], at:
         await conn.execute(ADD_LEASE_USE, leased, used, node_id)
     await conn.execute(ADD_NODE_TOTALS, new_acked, agg.node_uplink, agg.node_downlink, at, node_id)
     return applied(new_acked, len(fresh), agg, countable, quota_after)
+
+
+# Retention of the raw ledger (see sqlite_ingest.prune_ledger): floors first.
+RAISE_LEDGER_FLOORS = (
+    "UPDATE nodes SET ledger_floor_seq = GREATEST(nodes.ledger_floor_seq, pruned.seq)"
+    " FROM (SELECT node_id, max(seq) AS seq FROM deltas"
+    " WHERE sampled_at_ms < $1 GROUP BY node_id) AS pruned"
+    " WHERE nodes.node_id = pruned.node_id"
+)
+
+
+async def prune_ledger(conn: Any, before_ms: int) -> int:
+    """Delete ledger rows sampled before before_ms (inside the caller's transaction),
+    raising each node's ledger_floor_seq over them first; returns the rows deleted.
+
+    The ledger rows of several replicas' batches of one node are ordered by the
+    node row lock: taken here too, in node order, before the floor moves.
+    """
+    await conn.execute(
+        "SELECT 1 FROM nodes WHERE node_id IN (SELECT DISTINCT node_id FROM deltas"
+        " WHERE sampled_at_ms < $1) ORDER BY node_id FOR UPDATE",
+        before_ms,
+    )
+    await conn.execute(RAISE_LEDGER_FLOORS, before_ms)
+    status = await conn.execute("DELETE FROM deltas WHERE sampled_at_ms < $1", before_ms)
+    return int(status.split()[-1])

@@ -142,6 +142,9 @@ class PgCore(SqliteCore):
     ) -> Applied:
         return await pg_ingest.apply_usage(self._conn, node_id, deltas, at)
 
+    async def _prune_ledger(self, tx: Transaction, before_ms: int) -> int:
+        return await pg_ingest.prune_ledger(self._conn, before_ms)
+
 
 class PgStorage(
     PgRetentionMixin,

@@ -164,6 +164,24 @@ MIGRATIONS: list[list[str]] = [
     [
         "CREATE INDEX usage_hourly_by_hour ON usage_hourly(hour_ms)",
     ],
+    # The raw ledger as one row per received batch (sqlite_ingest.py): the fresh deltas
+    # of the batch in the wire's columnar encoding (usage_codec), keyed by their last
+    # seq (stored batches never share a seq). A per-delta row cost as much as the
+    # rollups; old `deltas` rows stay readable for replays. ledger_floor_seq: every
+    # seq up to it was pruned by retention (prune_ledger) and counts as seen.
+    [
+        """CREATE TABLE usage_batches (
+            node_id TEXT NOT NULL,
+            last_seq BIGINT NOT NULL,
+            first_seq BIGINT NOT NULL,
+            received_at_ms BIGINT NOT NULL,
+            rejected_users TEXT NOT NULL,          -- JSON list: ledgered, not counted
+            payload BYTEA NOT NULL,                -- v1.UsageBatch bytes of the fresh deltas
+            PRIMARY KEY (node_id, last_seq)
+        )""",
+        "CREATE INDEX usage_batches_by_time ON usage_batches(received_at_ms)",
+        "ALTER TABLE nodes ADD COLUMN ledger_floor_seq BIGINT NOT NULL DEFAULT 0",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -15,7 +15,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from edgeward.proto.usage_codec import UsageDelta
+from edgeward.proto import v1
+from edgeward.proto.usage_codec import UsageDelta, decode_usage, encode_usage
 
 from .ingest import Applied, CountableUser, aggregate, applied, check_batch
 from .records import IngestResult, now_ms
@@ -24,7 +25,13 @@ from .sqlite_core import run_sync
 log = logging.getLogger("edgeward.central.storage")
 
 SELECT_ACKED = "SELECT acked_seq FROM nodes WHERE node_id = ?"
-SELECT_SEEN_SEQS = "SELECT seq FROM deltas WHERE node_id = ? AND seq BETWEEN ? AND ?"
+SELECT_NODE_SEQS = "SELECT acked_seq, ledger_floor_seq FROM nodes WHERE node_id = ?"
+# Stored batches holding any seq of [first, last] (keyed by last seq: a range scan).
+SELECT_OVERLAPPING = (
+    "SELECT payload FROM usage_batches WHERE node_id = ? AND last_seq >= ? AND first_seq <= ?"
+)
+# Ledger rows written before usage_batches (schema version < 5).
+SELECT_LEGACY_SEEN = "SELECT seq FROM deltas WHERE node_id = ? AND seq BETWEEN ? AND ?"
 # Users of the batch ever assigned to the node (the others' deltas are not counted):
 # whether still assigned (removed users' deltas count: the traffic happened), and
 # what enforcement needs, read once here instead of again after the writes.
@@ -35,9 +42,9 @@ SELECT_COUNTABLE_USERS = (
     " LEFT JOIN leases l ON l.user_id = a.user_id AND l.node_id = a.node_id"
     " WHERE a.user_id IN (SELECT value FROM json_each(?)) AND a.node_id = ?"
 )
-INSERT_LEDGER = (
-    "INSERT INTO deltas (node_id, seq, user_id, engine, epoch, uplink_bytes,"
-    " downlink_bytes, sampled_at_ms, counted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_BATCH = (
+    "INSERT INTO usage_batches (node_id, last_seq, first_seq, received_at_ms,"
+    " rejected_users, payload) VALUES (?, ?, ?, ?, ?, ?)"
 )
 ADD_HOURLY = (
     "INSERT INTO usage_hourly (user_id, node_id, engine, hour_ms, uplink_bytes,"
@@ -56,6 +63,37 @@ ADD_NODE_TOTALS = (
     "UPDATE nodes SET acked_seq = ?, uplink_bytes = uplink_bytes + ?,"
     " downlink_bytes = downlink_bytes + ?, last_seen_ms = ? WHERE node_id = ?"
 )
+# Retention of the raw ledger: the floor first (it must cover what is deleted).
+RAISE_LEDGER_FLOORS = (
+    "UPDATE nodes SET ledger_floor_seq = max(ledger_floor_seq, pruned.seq)"
+    " FROM (SELECT node_id, max(last_seq) AS seq FROM usage_batches"
+    " WHERE received_at_ms < ? GROUP BY node_id) AS pruned"
+    " WHERE nodes.node_id = pruned.node_id"
+)
+RAISE_LEGACY_FLOORS = (
+    "UPDATE nodes SET ledger_floor_seq = max(ledger_floor_seq, pruned.seq)"
+    " FROM (SELECT node_id, max(seq) AS seq FROM deltas"
+    " WHERE sampled_at_ms < ? GROUP BY node_id) AS pruned"
+    " WHERE nodes.node_id = pruned.node_id"
+)
+DELETE_OLD_BATCHES = "DELETE FROM usage_batches WHERE received_at_ms < ?"
+DELETE_OLD_LEGACY = "DELETE FROM deltas WHERE sampled_at_ms < ?"
+
+
+def encode_payload(deltas: Sequence[UsageDelta]) -> bytes:
+    return bytes(encode_usage(deltas))
+
+
+def decode_payload(payload: bytes) -> list[UsageDelta]:
+    return decode_usage(v1.UsageBatch.parse(payload))
+
+
+def seen_seqs(conn: sqlite3.Connection, node_id: str, first: int, last: int) -> set[int]:
+    """Seqs of [first, last] already in the ledger (replays, overlaps: the rare path)."""
+    seen = {seq for (seq,) in conn.execute(SELECT_LEGACY_SEEN, (node_id, first, last))}
+    for (payload,) in conn.execute(SELECT_OVERLAPPING, (node_id, first, last)):
+        seen.update(delta[0] for delta in decode_payload(payload) if first <= delta[0] <= last)
+    return seen
 
 
 def apply_usage(
@@ -64,20 +102,21 @@ def apply_usage(
     """Write the deltas not yet in the ledger and everything they add to.
 
     Runs inside the caller's transaction. A delta whose (node_id, seq) is
-    already in the ledger adds nothing, so replays and overlapping batches are
-    harmless in any order.
+    already in the ledger, or at or below the node's pruned floor, adds
+    nothing, so replays and overlapping batches are harmless in any order.
+    The fresh deltas go into the ledger as one usage_batches row.
     """
-    row = conn.execute(SELECT_ACKED, (node_id,)).fetchone()
+    row = conn.execute(SELECT_NODE_SEQS, (node_id,)).fetchone()
     if row is None:
         raise LookupError(f"unknown node {node_id!r}")
-    acked = row[0]
+    acked, floor = row
     if not deltas:
         return Applied(acked, 0, None, [])
     fresh: Sequence[UsageDelta] = deltas
     first, last = deltas[0][0], deltas[-1][0]
-    if first <= acked:
-        seen = {seq for (seq,) in conn.execute(SELECT_SEEN_SEQS, (node_id, first, last))}
-        fresh = [delta for delta in deltas if delta[0] not in seen]
+    if first <= acked:  # floor <= acked: a batch past acked is wholly fresh
+        seen = seen_seqs(conn, node_id, first, last)
+        fresh = [delta for delta in deltas if delta[0] > floor and delta[0] not in seen]
     new_acked = max(acked, last)
     if not fresh:
         return Applied(new_acked, 0, None, [])
@@ -85,8 +124,14 @@ def apply_usage(
     countable = [
         CountableUser(*row) for row in conn.execute(SELECT_COUNTABLE_USERS, (users, node_id))
     ]
-    agg = aggregate(node_id, fresh, {user.user_id for user in countable})
-    conn.executemany(INSERT_LEDGER, agg.ledger)
+    agg = aggregate(node_id, fresh, {user.user_id for user in countable}, ledger=False)
+    conn.execute(
+        INSERT_BATCH,
+        (
+            node_id, fresh[-1][0], fresh[0][0], at, json.dumps(sorted(agg.rejected_users)),
+            encode_payload(fresh),
+        ),
+    )  # fmt: skip
     conn.executemany(ADD_HOURLY, agg.hourly_rows(node_id))
     user_rows = agg.user_rows()
     conn.executemany(ADD_USER_TOTALS, user_rows)
@@ -98,6 +143,48 @@ def apply_usage(
         )
     conn.execute(ADD_NODE_TOTALS, (new_acked, agg.node_uplink, agg.node_downlink, at, node_id))
     return applied(new_acked, len(fresh), agg, countable)
+
+
+def prune_ledger(conn: sqlite3.Connection, before_ms: int) -> int:
+    """Delete ledger data received before before_ms (inside the caller's transaction).
+
+    Each node's ledger_floor_seq first rises to the highest pruned seq, so a
+    replay of a pruned seq is still recognised as seen and adds nothing.
+    Returns the number of deltas deleted.
+    """
+    conn.execute(RAISE_LEDGER_FLOORS, (before_ms,))
+    conn.execute(RAISE_LEGACY_FLOORS, (before_ms,))
+    deleted = 0
+    for (payload,) in conn.execute(
+        "SELECT payload FROM usage_batches WHERE received_at_ms < ?", (before_ms,)
+    ):
+        deleted += len(decode_payload(payload))
+    conn.execute(DELETE_OLD_BATCHES, (before_ms,))
+    return deleted + conn.execute(DELETE_OLD_LEGACY, (before_ms,)).rowcount
+
+
+def ledger_rows(conn: sqlite3.Connection, node_id: str | None = None) -> list[tuple]:
+    """The ledger as one row per delta, ordered by (node_id, seq): (node_id, seq,
+    user_id, engine, epoch, uplink, downlink, sampled_at_ms, counted).
+
+    For readers of the database file (tests, tools): stored batches decoded,
+    older per-delta rows as they are.
+    """
+    where, params = ("WHERE node_id = ?", (node_id,)) if node_id is not None else ("", ())
+    rows = [
+        tuple(row)
+        for row in conn.execute(
+            "SELECT node_id, seq, user_id, engine, epoch, uplink_bytes, downlink_bytes,"
+            f" sampled_at_ms, counted FROM deltas {where}",
+            params,
+        )
+    ]
+    for node, rejected, payload in conn.execute(
+        f"SELECT node_id, rejected_users, payload FROM usage_batches {where}", params
+    ):
+        skip = set(json.loads(rejected))
+        rows.extend((node, *d, 0 if d[1] in skip else 1) for d in decode_payload(payload))
+    return sorted(rows, key=lambda row: (row[0], row[1]))
 
 
 class IngestMixin:
@@ -151,6 +238,25 @@ class IngestMixin:
     ) -> Applied:
         """The backend's apply_usage inside tx (SQLite: one hop on the storage thread)."""
         return await run_sync(tx.db, apply_usage, node_id, deltas, at)
+
+    async def prune_ledger(self, before_ms: int) -> int:
+        """Delete the raw usage ledger (per-delta records) received before before_ms.
+
+        Rollups, totals and acked seqs stay. Each node's ledger floor rises to the
+        highest pruned seq first, so a later replay of a pruned seq is still seen
+        and adds nothing (a seq at or below the floor that central never received
+        is dropped too: only batches older than the retention period). Returns
+        the number of deltas deleted. SQLite prunes batches by when central
+        received them; PostgreSQL (still one ledger row per delta) by when the
+        delta was sampled.
+        """
+        if isinstance(before_ms, bool) or not isinstance(before_ms, int) or before_ms < 0:
+            raise ValueError(f"before_ms must be a time in ms >= 0, not {before_ms!r}")
+        async with self._write() as tx:
+            return await self._prune_ledger(tx, before_ms)
+
+    async def _prune_ledger(self, tx: Any, before_ms: int) -> int:
+        return await run_sync(tx.db, prune_ledger, before_ms)
 
     async def node_known(self, node_id: str) -> bool:
         async with (

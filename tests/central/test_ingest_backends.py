@@ -96,7 +96,9 @@ async def run_sqlite(path: Path, work) -> dict[str, list[tuple]]:
             conn.execute("BEGIN IMMEDIATE")
             sqlite_ingest.apply_usage(conn, node, batch, 1)
             conn.execute("COMMIT")
-        return {name: [tuple(r) for r in conn.execute(q)] for name, q in DUMP.items()}
+        tables = {name: [tuple(r) for r in conn.execute(q)] for name, q in DUMP.items()}
+        tables["ledger"] = sqlite_ingest.ledger_rows(conn)  # stored as batches
+        return tables
     finally:
         conn.close()
 

@@ -9,6 +9,7 @@ import random
 import sqlite3
 from pathlib import Path
 
+from edgeward.central import sqlite_ingest
 from edgeward.central.ingest import HOUR_MS
 from edgeward.central.storage import SqliteStorage
 from edgeward.proto import v1
@@ -84,12 +85,13 @@ def test_rollups_user_totals_node_totals_and_the_ledger_agree(tmp_path: Path):
             expected_user[d.user_id][1] += d.downlink
     conn = sqlite3.connect(database)
     try:
-        ledger_rows = conn.execute("SELECT count(*) FROM deltas").fetchone()[0]
-        ledger = sums(
-            conn,
-            "SELECT node_id, sum(uplink_bytes), sum(downlink_bytes) FROM deltas"
-            " WHERE counted GROUP BY node_id",
-        )
+        rows = sqlite_ingest.ledger_rows(conn)
+        ledger_rows = len(rows)
+        ledger: dict[str, tuple[int, int]] = {}
+        for node, _, _, _, _, up, down, _, counted in rows:
+            if counted:
+                before = ledger.get(node, (0, 0))
+                ledger[node] = (before[0] + up, before[1] + down)
         hourly_by_node = sums(
             conn,
             "SELECT node_id, sum(uplink_bytes), sum(downlink_bytes) FROM usage_hourly"

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeward.central.sqlite_ingest import ledger_rows
 from edgeward.devfleet import netns, vless
 from edgeward.devfleet.admin import user_secrets
 from edgeward.devfleet.corestats import CoreReading, read_core
@@ -79,11 +80,15 @@ def wait_served(fleet: Fleet, uuid: str, node: NodeLayout, timeout: float) -> bo
 def read_ledger(database: Path) -> tuple[list[LedgerRow], dict[str, tuple[int, int]]]:
     """central's proxy deltas per (node, epoch, user) and its per-user totals."""
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        rows = db.execute(
-            "SELECT node_id, epoch, user_id, sum(uplink_bytes), sum(downlink_bytes),"
-            " min(sampled_at_ms), max(sampled_at_ms) FROM deltas"
-            " WHERE counted = 1 AND engine = 1 GROUP BY node_id, epoch, user_id"
-        ).fetchall()
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        for node, _, user, engine, epoch, up, down, at, counted in ledger_rows(db):
+            if not counted or engine != 1:
+                continue
+            group = groups.setdefault((node, epoch, user), [0, 0, at, at])
+            group[0] += up
+            group[1] += down
+            group[2], group[3] = min(group[2], at), max(group[3], at)
+        rows = sorted((*key, *sums) for key, sums in groups.items())
         totals = db.execute("SELECT user_id, uplink_bytes, downlink_bytes FROM users").fetchall()
     return [LedgerRow(*row) for row in rows], {u: (up, down) for u, up, down in totals}
 

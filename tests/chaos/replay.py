@@ -14,6 +14,7 @@ import betterproto2
 import grpclib.const
 from grpclib.client import Channel
 
+from edgeward.central.sqlite_ingest import ledger_rows
 from edgeward.devfleet.layout import CENTRAL_PORT, FleetLayout, NodeLayout
 from edgeward.pki.tls import client_context
 from edgeward.proto import v1
@@ -26,12 +27,8 @@ WAIT = 10.0
 def committed_deltas(database: Path, node_id: str, limit: int) -> list[UsageDelta]:
     """The node's last `limit` deltas in central's ledger, exactly as they were sent."""
     with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as db:
-        rows = db.execute(
-            "SELECT seq, user_id, engine, epoch, uplink_bytes, downlink_bytes, sampled_at_ms"
-            " FROM deltas WHERE node_id = ? ORDER BY seq DESC LIMIT ?",
-            (node_id, limit),
-        ).fetchall()
-    return [UsageDelta(*row) for row in reversed(rows)]
+        rows = ledger_rows(db, node_id)[-limit:] if limit > 0 else []
+    return [UsageDelta(*row[1:8]) for row in rows]
 
 
 async def _replay(layout: FleetLayout, node: NodeLayout, deltas: list[UsageDelta]) -> int:

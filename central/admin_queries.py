@@ -28,8 +28,8 @@ USER_COLUMNS = (
     " u.enforced_reason, u.uplink_bytes, u.downlink_bytes, u.quota_used_bytes, c.uuid,"
     " c.password, c.wg_private_key, c.wg_public_key, c.wg_address,"
     " (SELECT group_concat(node_id, ',') FROM (SELECT node_id FROM assignments a"
-    "  WHERE a.user_id = u.user_id AND a.removed_at_ms IS NULL ORDER BY node_id))"
-)
+    "  WHERE a.user_id = u.user_id AND a.removed_at_ms IS NULL ORDER BY node_id) assigned)"
+)  # PostgreSQL needs the subquery's alias; SQLite accepts it
 
 
 def user_from_row(row: Any) -> User:
@@ -114,7 +114,7 @@ class AdminQueriesMixin:
     async def list_users(self, node_id: str = "", plan_id: str = "") -> list[User]:
         query = (
             f"SELECT {USER_COLUMNS} FROM users u JOIN credentials c ON c.user_id = u.user_id"
-            " WHERE 1"
+            " WHERE 1 = 1"  # a boolean on PostgreSQL too, not an integer
         )
         params: list = []
         if node_id:
@@ -176,7 +176,7 @@ class AdminQueriesMixin:
             "hour": "'', '', hour_ms",
             "day": f"'', '', hour_ms - hour_ms % {DAY_MS}",
         }[group_by]
-        where: list[str] = ["1"]
+        where: list[str] = ["1 = 1"]
         params: list[object] = []
         for column, value in (("user_id", user_id), ("node_id", node_id)):
             if value:
@@ -189,7 +189,9 @@ class AdminQueriesMixin:
             where.append("hour_ms < ?")
             params.append(until_ms)
         query = (
-            f"SELECT {key}, sum(uplink_bytes), sum(downlink_bytes) FROM usage_hourly"
+            # PostgreSQL's sum of BIGINT is NUMERIC (a Decimal): cast it back to an integer.
+            f"SELECT {key}, CAST(sum(uplink_bytes) AS BIGINT),"
+            " CAST(sum(downlink_bytes) AS BIGINT) FROM usage_hourly"
             f" WHERE {' AND '.join(where)} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
         )
         async with self._read() as db, db.execute(query, params) as cursor:
@@ -206,9 +208,9 @@ class AdminQueriesMixin:
                 "  AND d.user_id = a.user_id),"
                 " (SELECT max(0, granted_bytes - used_bytes) FROM leases l"
                 "  WHERE l.node_id = a.node_id AND l.user_id = a.user_id),"
-                " (SELECT coalesce(sum(uplink_bytes), 0) FROM usage_hourly h"
+                " (SELECT CAST(coalesce(sum(uplink_bytes), 0) AS BIGINT) FROM usage_hourly h"
                 "  WHERE h.node_id = a.node_id AND h.user_id = a.user_id),"
-                " (SELECT coalesce(sum(downlink_bytes), 0) FROM usage_hourly h"
+                " (SELECT CAST(coalesce(sum(downlink_bytes), 0) AS BIGINT) FROM usage_hourly h"
                 "  WHERE h.node_id = a.node_id AND h.user_id = a.user_id)"
                 " FROM assignments a JOIN nodes n ON n.node_id = a.node_id"
                 " WHERE a.user_id = ? AND a.removed_at_ms IS NULL ORDER BY a.node_id",

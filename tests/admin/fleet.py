@@ -1,5 +1,7 @@
 """A real central (own thread, own asyncio loop) with a real CA and admin certificates
-of every role, and the `edgeward` CLI pointed at it through CliRunner."""
+of every role, and the `edgeward` CLI pointed at it through CliRunner. central opens
+its storage from the config, as `edgeward-central run` does: a SQLite file or a
+PostgreSQL database (the tests' storage_backend)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from edgeward.central.server import serve
 from edgeward.cli import main
 from edgeward.pki import authority
 from edgeward.proto import v1
+from tests.central.backends import StorageBackend
 from tests.central.helpers import (
     WAIT,
     Pair,
@@ -27,7 +30,6 @@ from tests.central.helpers import (
     node_stream,
     write_pair,
 )
-from tests.central.helpers import dump as dump_database
 from tests.support.ports import free_port
 
 ROLES = ("admin", "operator", "viewer")
@@ -36,7 +38,7 @@ ROLES = ("admin", "operator", "viewer")
 @dataclasses.dataclass
 class Fleet:
     pki: TestPki
-    database: Path
+    backend: StorageBackend
     port: int
     subscription_port: int
     admins: dict[str, Pair]
@@ -57,7 +59,8 @@ class Fleet:
         return json.loads(self.ok(*args, "--json", role=role).stdout)
 
     def dump(self) -> str:
-        return dump_database(self.database)
+        """Every table but node_links (connection state, flushed as streams open and close)."""
+        return asyncio.run(self.backend.dump(skip=("node_links",)))
 
     def run(self, coroutine, timeout: float = WAIT * 3):
         """Run a coroutine on central's loop (e.g. a node's stream) and wait for it."""
@@ -68,7 +71,8 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def running_fleet(tmp_path: Path) -> Iterator[Fleet]:
+def running_fleet(tmp_path: Path, backend: StorageBackend | None = None) -> Iterator[Fleet]:
+    """backend: where central's database lives (default: a SQLite file in tmp_path)."""
     pki = make_pki(tmp_path)
     now = datetime.now(UTC)
     admins = {
@@ -76,10 +80,11 @@ def running_fleet(tmp_path: Path) -> Iterator[Fleet]:
                          authority.issue_admin(pki.store, f"{role}-one", role, now))
         for role in ROLES
     }  # fmt: skip
-    database = tmp_path / "central.sqlite"
+    if backend is None:
+        backend = StorageBackend("sqlite", tmp_path / "central.sqlite")
     sub_port = free_port()
     config = dataclasses.replace(
-        central_config(pki, database),
+        central_config(pki, backend.location),
         subscription_host="127.0.0.1",
         subscription_port=sub_port,
         subscription_url=f"http://127.0.0.1:{sub_port}",
@@ -116,7 +121,7 @@ def running_fleet(tmp_path: Path) -> Iterator[Fleet]:
     if "error" in state:
         raise state["error"]
     try:
-        yield Fleet(pki, database, state["port"], sub_port, admins, state["loop"])
+        yield Fleet(pki, backend, state["port"], sub_port, admins, state["loop"])
     finally:
         state["loop"].call_soon_threadsafe(state["shutdown"].set)
         thread.join(WAIT * 2)

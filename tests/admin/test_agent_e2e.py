@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.admin.fleet import Fleet, running_fleet
+from tests.central.backends import StorageBackend
 from tests.e2e.agent_process import AgentProcess
 from tests.e2e.agent_setup import core_config, node_config
 from tests.support.ports import free_port, wait_listening
@@ -61,10 +62,13 @@ def vless_uri(fleet: Fleet) -> str:
 
 
 def test_cli_changes_reach_a_real_agent_and_core(
-    tmp_path: Path, v2ray_core: V2rayCore, http_blob_server: BlobServer
+    tmp_path: Path,
+    storage_backend: StorageBackend,
+    v2ray_core: V2rayCore,
+    http_blob_server: BlobServer,
 ):
     url = http_blob_server.url(100_000)
-    with running_fleet(tmp_path / "fleet") as fleet:
+    with running_fleet(tmp_path / "fleet", storage_backend) as fleet:
         port = v2ray_core.ports["vless-in"]
         fleet.ok("nodes", "add", "node-a", "--address", "127.0.0.1",
                  "--inbound", f"tag=vless-in,protocol=vless,port={port}")  # fmt: skip

@@ -13,6 +13,7 @@ from grpclib.exceptions import GRPCError
 from edgeward.admin_client import AdminSettings, CommandError, call
 from edgeward.proto import v1
 from tests.admin.fleet import ConnectedNode, Fleet, running_fleet
+from tests.central.backends import StorageBackend
 
 from .test_cli_nodes import hello
 
@@ -20,8 +21,8 @@ WG_KEY = "B" * 43 + "="
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with running_fleet(tmp_path) as fleet:
+def fleet(tmp_path: Path, storage_backend: StorageBackend) -> Iterator[Fleet]:
+    with running_fleet(tmp_path, storage_backend) as fleet:
         wg = f"tag=wg0,protocol=wireguard,port=51820,public_key={WG_KEY}"
         vless = "tag=vless-in,protocol=vless,port=443"
         fleet.ok("nodes", "add", "n1", "--address", "vpn1.example.com",

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from edgeward.cli import main
 from tests.admin.fleet import Fleet, running_fleet
+from tests.central.backends import StorageBackend
 from tests.support.ports import free_port
 
 SETTINGS = ("CENTRAL", "CERT", "KEY", "CA", "CONFIG", "SERVER_NAME")
@@ -19,8 +20,10 @@ NO_SETTINGS: dict[str, str | None] = {f"EDGEWARD_{name}": None for name in SETTI
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with running_fleet(tmp_path_factory.mktemp("config")) as fleet:
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, module_storage_backend: StorageBackend
+) -> Iterator[Fleet]:
+    with running_fleet(tmp_path_factory.mktemp("config"), module_storage_backend) as fleet:
         yield fleet
 
 

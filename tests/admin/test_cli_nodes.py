@@ -14,6 +14,7 @@ import pytest
 from edgeward.proto import v1
 from edgeward.proto.usage_codec import UsageDelta, encode_usage
 from tests.admin.fleet import ConnectedNode, Fleet, running_fleet
+from tests.central.backends import StorageBackend
 from tests.central.helpers import WAIT
 
 INBOUNDS = ("--address", "203.0.113.7", "--inbound", "tag=vless-in,protocol=vless,port=443")
@@ -21,8 +22,8 @@ UNHEALTHY = 7
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with running_fleet(tmp_path) as fleet:
+def fleet(tmp_path: Path, storage_backend: StorageBackend) -> Iterator[Fleet]:
+    with running_fleet(tmp_path, storage_backend) as fleet:
         fleet.ok("nodes", "add", "n1", *INBOUNDS)
         fleet.ok("users", "add", "alice", "--node", "n1")
         yield fleet

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.admin.fleet import Fleet, running_fleet
+from tests.central.backends import StorageBackend
 
 GIB = 1024**3
 DAY_MS = 86_400_000
@@ -18,8 +19,8 @@ NODE_ARGS = ("--address", "vpn1.example.com",
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with running_fleet(tmp_path) as fleet:
+def fleet(tmp_path: Path, storage_backend: StorageBackend) -> Iterator[Fleet]:
+    with running_fleet(tmp_path, storage_backend) as fleet:
         fleet.ok("nodes", "add", "n1", *NODE_ARGS)
         fleet.ok("plans", "add", "basic", "--data-limit", "10GiB", "--duration", "30")
         yield fleet

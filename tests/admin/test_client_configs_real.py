@@ -13,6 +13,7 @@ import pytest
 
 from edgeward import links
 from tests.admin.fleet import ConnectedNode, running_fleet
+from tests.central.backends import StorageBackend
 from tests.support.ports import free_port, wait_listening
 from tests.support.rawcore import raw_add_vless
 from tests.support.v2ray import (
@@ -38,9 +39,12 @@ def client_config_from_link(uri: str, socks_port: int) -> dict:
 
 
 def test_a_vless_link_from_the_cli_downloads_through_a_real_core(
-    tmp_path: Path, v2ray_core: V2rayCore, http_blob_server: BlobServer
+    tmp_path: Path,
+    storage_backend: StorageBackend,
+    v2ray_core: V2rayCore,
+    http_blob_server: BlobServer,
 ):
-    with running_fleet(tmp_path / "fleet") as fleet:
+    with running_fleet(tmp_path / "fleet", storage_backend) as fleet:
         port = v2ray_core.ports["vless-in"]
         fleet.ok("nodes", "add", "n1", "--address", "127.0.0.1",
                  "--inbound", f"tag=vless-in,protocol=vless,port={port}")  # fmt: skip
@@ -86,8 +90,10 @@ def get(url: str, method: str = "GET") -> tuple[int, dict, bytes]:
             return e.code, dict(e.headers), e.read()
 
 
-def test_subscription_url_serves_the_links_and_is_revocable(tmp_path: Path):
-    with running_fleet(tmp_path) as fleet:
+def test_subscription_url_serves_the_links_and_is_revocable(
+    tmp_path: Path, storage_backend: StorageBackend
+):
+    with running_fleet(tmp_path, storage_backend) as fleet:
         fleet.ok("nodes", "add", "n1", "--address", "vpn1.example.com",
                  "--inbound", "tag=vless-in,protocol=vless,port=443,security=tls",
                  "--inbound", "tag=trojan-in,protocol=trojan,port=8443")  # fmt: skip
@@ -122,8 +128,8 @@ def test_subscription_url_serves_the_links_and_is_revocable(tmp_path: Path):
         assert get(f"http://127.0.0.1:{fleet.subscription_port}/")[0] == 404
 
 
-def test_links_written_as_files_with_qr_codes(tmp_path: Path):
-    with running_fleet(tmp_path / "fleet") as fleet:
+def test_links_written_as_files_with_qr_codes(tmp_path: Path, storage_backend: StorageBackend):
+    with running_fleet(tmp_path / "fleet", storage_backend) as fleet:
         fleet.ok("nodes", "add", "n1", "--address", "vpn1.example.com",
                  "--inbound", "tag=vless-in,protocol=vless,port=443",
                  "--inbound", "tag=wg0,protocol=wireguard,port=51820,"

@@ -14,6 +14,7 @@ import pytest
 
 from edgeward import importers
 from tests.admin.fleet import Fleet, running_fleet
+from tests.central.backends import StorageBackend
 
 FUTURE_S = 4070908800  # 2099-01-01
 UUIDS = {
@@ -73,8 +74,8 @@ def marzban_db(path: Path) -> Path:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with running_fleet(tmp_path / "fleet") as fleet:
+def fleet(tmp_path: Path, storage_backend: StorageBackend) -> Iterator[Fleet]:
+    with running_fleet(tmp_path / "fleet", storage_backend) as fleet:
         fleet.ok("nodes", "add", "n1", "--address", "vpn1.example.com",
                  "--inbound", "tag=vless-in,protocol=vless,port=443",
                  "--inbound", "tag=trojan-in,protocol=trojan,port=8443")  # fmt: skip

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from edgeward.cli import main
 from edgeward.pki import authority
 from tests.admin.fleet import Fleet, running_fleet
+from tests.central.backends import StorageBackend
 
 CHANGES = [
     ("users", "add", "zed"),
@@ -46,8 +47,10 @@ READS = [
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with running_fleet(tmp_path_factory.mktemp("roles")) as fleet:
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, module_storage_backend: StorageBackend
+) -> Iterator[Fleet]:
+    with running_fleet(tmp_path_factory.mktemp("roles"), module_storage_backend) as fleet:
         fleet.ok("nodes", "add", "n1", "--address", "192.0.2.1",
                  "--inbound", "tag=vless-in,protocol=vless,port=443")  # fmt: skip
         fleet.ok("plans", "add", "basic", "--data-limit", "1G")

@@ -9,14 +9,17 @@ from pathlib import Path
 
 from edgeward import links
 from tests.admin.fleet import ConnectedNode, running_fleet
+from tests.central.backends import StorageBackend
 from tests.support.wgnet import WgPair, in_ns, ip_batch
 
 from .test_cli_nodes import hello
 
 
-def test_a_generated_wireguard_conf_carries_traffic(tmp_path: Path, wg_pair: WgPair):
+def test_a_generated_wireguard_conf_carries_traffic(
+    tmp_path: Path, storage_backend: StorageBackend, wg_pair: WgPair
+):
     node, client = wg_pair.a, wg_pair.b
-    with running_fleet(tmp_path / "fleet") as fleet:
+    with running_fleet(tmp_path / "fleet", storage_backend) as fleet:
         fleet.ok("nodes", "add", "n1", "--address", node.underlay, "--inbound",
                  f"tag={node.iface},protocol=wireguard,port={node.listen_port},"
                  f"public_key={node.public_key},allowed_ips={node.tunnel}/32")  # fmt: skip

@@ -5,8 +5,8 @@ never lowers a total or a quota. Pruned:
 - hourly rollups (`usage_hourly`) of whole calendar months (UTC) older than
   `[retention] rollup_months`: on PostgreSQL, where usage_hourly is partitioned
   by month, by dropping the month's partition; on SQLite by deleting its rows;
-- raw deltas (the `deltas` ledger) older than `[retention] delta_days` (the
-  ledger's own pruning keeps what exactly-once needs; see RAW-DELTA PRUNING).
+- raw deltas (the ledger) older than `[retention] delta_days`; each node's
+  ledger floor keeps what exactly-once needs (Storage.prune_ledger).
 
 The month arithmetic is pure (UTC, epoch milliseconds) and shared by both
 backends; `retention_pass` is the thin driver the server's ticker runs.
@@ -40,6 +40,14 @@ PARTITION_PREFIX = "usage_hourly_p"
 class RollupPrune:
     partitions_dropped: int  # whole months dropped (PostgreSQL)
     rows_deleted: int  # rows deleted one by one (SQLite; PostgreSQL's DEFAULT partition)
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """What one retention pass removed."""
+
+    rollups: RollupPrune
+    deltas_deleted: int  # raw ledger deltas
 
 
 def month_start_ms(at_ms: int) -> int:
@@ -87,7 +95,8 @@ def rollup_cutoff_ms(at_ms: int, keep_months: int) -> int | None:
 
 
 def delta_cutoff_ms(at_ms: int, keep_days: int) -> int | None:
-    """Raw deltas sampled before this may be pruned. None: keep_days 0, kept forever."""
+    """Raw deltas from before this are pruned (received before it on SQLite, sampled
+    before it on PostgreSQL). None: keep_days 0, kept forever."""
     if keep_days <= 0:
         return None
     return at_ms - keep_days * DAY_MS
@@ -105,24 +114,21 @@ def partitions_to_drop(names: list[str], cutoff_ms: int) -> list[str]:
 
 async def retention_pass(
     storage: Any, rollup_months: int, delta_days: int, at_ms: int | None = None
-) -> RollupPrune:
-    """Prune rollups (and, once connected, raw deltas), then make partitions ahead (in
-    that order: late rows of a pruned month in DEFAULT are deleted, not given a
-    partition that the next pass would drop)."""
+) -> RetentionResult:
+    """Prune rollups and raw deltas, then make partitions ahead (in that order: late
+    rows of a pruned month in DEFAULT are deleted, not given a partition that the
+    next pass would drop)."""
     at = now_ms() if at_ms is None else at_ms
     pruned = RollupPrune(0, 0)
     cutoff = rollup_cutoff_ms(at, rollup_months)
     if cutoff is not None:
         pruned = await storage.prune_rollups(cutoff)
+    deltas_deleted = 0
     deltas_before = delta_cutoff_ms(at, delta_days)
     if deltas_before is not None:
-        # ---- RAW-DELTA PRUNING: the one call site (issue 10 §3). The deltas ledger's
-        # owner provides the storage method (deletes ledger rows sampled before the
-        # cutoff, keeps each node's floor for exactly-once); the coordinator connects
-        # it here, e.g.:  await storage.prune_deltas(deltas_before)
-        pass
+        deltas_deleted = await storage.prune_ledger(deltas_before)
     await storage.prepare_rollups(at)
-    return pruned
+    return RetentionResult(pruned, deltas_deleted)
 
 
 async def prepare_at_start(storage: Any) -> None:
@@ -146,13 +152,16 @@ async def retention_ticker(
     while True:
         await asyncio.sleep(interval)
         try:
-            pruned = await retention_pass(storage, rollup_months, delta_days)
+            result = await retention_pass(storage, rollup_months, delta_days)
         except Exception:
             log.exception("retention pass failed")
         else:
-            if pruned.partitions_dropped or pruned.rows_deleted:
+            pruned = result.rollups
+            if pruned.partitions_dropped or pruned.rows_deleted or result.deltas_deleted:
                 log.info(
-                    "retention: dropped %d monthly partition(s), deleted %d rollup row(s)",
+                    "retention: dropped %d monthly partition(s), deleted %d rollup row(s)"
+                    " and %d raw delta(s)",
                     pruned.partitions_dropped,
                     pruned.rows_deleted,
+                    result.deltas_deleted,
                 )

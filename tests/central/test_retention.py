@@ -118,6 +118,40 @@ def test_the_ticker_prunes_old_rollups_and_keeps_totals(storage_backend: Storage
     assert (user.uplink_bytes, user.downlink_bytes, user.quota_used_bytes) == (6, 8, 14)
 
 
+def test_a_pass_prunes_raw_deltas_past_delta_days_and_a_replay_adds_nothing(
+    storage_backend: StorageBackend,
+):
+    day = retention.DAY_MS
+    now = now_ms()
+    old, recent = now - 40 * day, now - 2 * day
+
+    async def main():
+        storage = await storage_backend.open()
+        try:
+            await storage.add_node("node-a", PROXY_INBOUNDS, actor="t")
+            await storage.create_user("alice", actor="t", node_ids=["node-a"])
+            old_batch = [delta(seq, "alice", 3, 4, old) for seq in range(1, 6)]
+            await storage.ingest("node-a", old_batch, at_ms=old)
+            await storage.ingest(
+                "node-a", [delta(seq, "alice", 3, 4, recent) for seq in range(6, 9)], at_ms=recent
+            )
+            kept_forever = await retention.retention_pass(storage, 0, 0, now)
+            pruned = await retention.retention_pass(storage, 0, 35, now)
+            again = await retention.retention_pass(storage, 0, 35, now)
+            replay = await storage.ingest("node-a", old_batch)
+            user = await storage.get_user("alice")
+        finally:
+            await storage.close()
+        return kept_forever, pruned, again, replay, user
+
+    kept_forever, pruned, again, replay, user = asyncio.run(main())
+    assert kept_forever.deltas_deleted == 0
+    assert pruned.deltas_deleted == 5  # the recent 3 stay
+    assert again.deltas_deleted == 0
+    assert (replay.applied, replay.duplicates) == (0, 5)
+    assert (user.uplink_bytes, user.downlink_bytes) == (24, 32)
+
+
 def test_central_makes_this_and_next_months_partitions_at_start(tmp_path, postgres_dsn: str):
     async def main():
         pki = make_pki(tmp_path)
@@ -166,7 +200,8 @@ def test_a_pass_deletes_late_rows_of_a_pruned_month_without_a_partition(postgres
         return first, second, parts, hours
 
     first, second, parts, hours = asyncio.run(main())
-    assert first == retention.RollupPrune(0, 1)  # in DEFAULT (no partition yet): deleted
-    assert second == retention.RollupPrune(0, 1)
+    # in DEFAULT (no partition yet): deleted; raw deltas kept (delta_days 0)
+    assert first == retention.RetentionResult(retention.RollupPrune(0, 1), 0)
+    assert second == retention.RetentionResult(retention.RollupPrune(0, 1), 0)
     assert parts == ["usage_hourly_default", "usage_hourly_p202612", "usage_hourly_p202701"]
     assert hours == []

@@ -51,8 +51,10 @@ from .deltas import (
     ENGINE_PROXY,
     ENGINE_WIREGUARD,
     CounterError,
+    Resolver,
     Sample,
     compute_deltas,
+    memoized,
     next_epoch,
     parse_wg_counter,
     proxy_resolver,
@@ -184,6 +186,20 @@ class Sampler:
         self._tracker: EpochTracker | None = None
         self._last_reason: dict[str, str | None] = {}
         self._last_wg_problems: str | None = None  # logged once per change, not every round
+        # engine -> (the desired state it was built from, its memoized resolver)
+        self._resolvers: dict[str, tuple[DesiredState, Resolver]] = {}
+
+    def _resolver(
+        self, engine: str, desired: DesiredState, build: Callable[[DesiredState], Resolver]
+    ) -> Resolver:
+        """The engine's resolver for `desired`, memoized until the desired state
+        (an immutable value) is replaced: resolving every counter name anew each
+        round cost a third of a sample at 10,000 users."""
+        cached = self._resolvers.get(engine)
+        if cached is None or cached[0] is not desired:
+            cached = (desired, memoized(build(desired)))
+            self._resolvers[engine] = cached
+        return cached[1]
 
     def _desired_interfaces(self) -> list[str]:
         return sorted({p.interface for u in self.desired().users for p in u.wireguard})
@@ -268,7 +284,7 @@ class Sampler:
             and await self.journal.epoch_marker(ENGINE_PROXY) == tracker.known.id
         )
         baselines = await self.journal.baselines(ENGINE_PROXY, current) if same and current else {}
-        resolve = proxy_resolver(proxy_owners(desired))
+        resolve = self._resolver(ENGINE_PROXY, desired, lambda d: proxy_resolver(proxy_owners(d)))
         epoch = current if same and current is not None else next_epoch(current)
         sample = compute_deltas(
             baselines, readings, engine=ENGINE_PROXY, epoch=epoch, resolve=resolve
@@ -330,7 +346,7 @@ class Sampler:
             readings,
             engine=ENGINE_WIREGUARD,
             epoch=epoch,
-            resolve=wg_resolver(wg_owners(desired)),
+            resolve=self._resolver(ENGINE_WIREGUARD, desired, lambda d: wg_resolver(wg_owners(d))),
         )
         result = await self._commit(
             sample, now_ms, json.dumps(tokens, sort_keys=True), new_epoch=new_epoch

@@ -25,7 +25,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from edgeward.agent.deltas import Sample, validate_sample
+from edgeward.agent.deltas import CounterError, Sample, validate_sample
 from edgeward.agent.journal_records import (
     AckAheadError,
     CompactResult,
@@ -37,7 +37,14 @@ from edgeward.agent.journal_records import (
     StoredDesired,
     StreamKey,
 )
-from edgeward.agent.journal_schema import JournalError, JournalFullError, open_connection
+from edgeward.agent.journal_schema import (
+    JournalError,
+    JournalFullError,
+    open_connection,
+    pack_counts,
+    pack_ids,
+    unpack,
+)
 
 
 class JournalStore:
@@ -49,17 +56,25 @@ class JournalStore:
         self._markers: dict[str, str] = {}
         for engine, epoch, marker in conn.execute("SELECT engine, epoch, marker FROM epochs"):
             self._epochs[engine], self._markers[engine] = epoch, marker
-        self._counters: dict[tuple[str, str], int] = {
-            (engine, name): i
-            for i, engine, name in conn.execute("SELECT id, engine, name FROM counters")
-        }
+        # engine -> counter name -> interned id
+        self._counters: dict[str, dict[str, int]] = {}
+        names: dict[int, str] = {}
+        for i, engine, name in conn.execute("SELECT id, engine, name FROM counters"):
+            self._counters.setdefault(engine, {})[name] = i
+            names[i] = name
         self._baselines: dict[str, dict[str, int]] = {engine: {} for engine in self._epochs}
-        for engine, name, epoch, value in conn.execute(
-            "SELECT c.engine, c.name, b.epoch, b.value FROM baselines b "
-            "JOIN counters c ON c.id = b.counter"
+        for engine, epoch, ids, counts in conn.execute(
+            "SELECT engine, epoch, counter_ids, counts FROM baseline_sets"
         ):
-            if self._epochs.get(engine) == epoch:
-                self._baselines[engine][name] = value
+            # A set is written in the transaction that makes its epoch current:
+            # one of another epoch is damage, and ignoring it would read as zeros.
+            if self._epochs.get(engine) != epoch:
+                raise JournalError(
+                    path,
+                    f"damaged: baselines of {engine} are of epoch {epoch!r}, "
+                    f"its current epoch is {self._epochs.get(engine)!r}",
+                )
+            self._baselines[engine] = _unpack_baselines(path, engine, ids, counts, names)
         self._streams: dict[StreamKey, int] = {
             (u, e, ep): i
             for i, u, e, ep in conn.execute("SELECT id, user_id, engine, epoch FROM streams")
@@ -79,6 +94,9 @@ class JournalStore:
         except sqlite3.Error as exc:
             conn.close()
             raise JournalError(path, f"unreadable: {exc}") from exc
+        except BaseException:
+            conn.close()  # a damaged baseline set, say: refuse without leaking the file
+            raise
 
     def close(self) -> None:
         self._conn.close()
@@ -136,33 +154,36 @@ class JournalStore:
         validate_sample(sample)
         new_epoch = self._epochs.get(engine) != epoch
         old = {} if new_epoch else self._baselines.get(engine, {})
-        new = {name: value for name, value in sample.baselines.items() if value}
+        new = dict(sample.baselines)
+        if 0 in new.values():
+            new = {name: value for name, value in new.items() if value}
+        # An idle round (nothing moved) leaves the stored set as it is.
+        write_baselines = new_epoch or new != old
+        try:
+            counts = pack_counts(new.values()) if write_baselines else b""
+        except (OverflowError, TypeError) as e:
+            raise CounterError(f"a baseline of {engine} is not a uint64 byte count: {e}") from None
         marker = epoch_marker if epoch_marker is not None else ""
         if not new_epoch and epoch_marker is None:
             marker = self._markers.get(engine, "")
         new_streams: dict[StreamKey, int] = {}
-        new_counters: dict[tuple[str, str], int] = {}
+        known = self._counters.get(engine, {})
+        new_counters: dict[str, int] = {}
         dropped_counters: list[int] = []
         first = self._high + 1
         with self._tx(durable=True) as conn:
 
             def counter_id(name: str) -> int:
-                key = (engine, name)
-                found = self._counters.get(key) or new_counters.get(key)
+                found = new_counters.get(name)
                 if found is None:
                     found = conn.execute(
-                        "INSERT INTO counters (engine, name) VALUES (?, ?)", key
+                        "INSERT INTO counters (engine, name) VALUES (?, ?)", (engine, name)
                     ).lastrowid
                     assert found is not None
-                    new_counters[key] = found
+                    new_counters[name] = found
                 return found
 
             if new_epoch:
-                conn.execute(
-                    "DELETE FROM baselines WHERE counter IN "
-                    "(SELECT id FROM counters WHERE engine = ?)",
-                    (engine,),
-                )
                 conn.execute(
                     "INSERT INTO epochs (engine, epoch, started_at_ms, marker) "
                     "VALUES (?, ?, ?, ?) ON CONFLICT (engine) DO UPDATE SET "
@@ -172,33 +193,29 @@ class JournalStore:
                 )
             elif epoch_marker is not None and epoch_marker != self._markers.get(engine):
                 conn.execute("UPDATE epochs SET marker = ? WHERE engine = ?", (marker, engine))
-            known = self._counters
-            conn.executemany(
-                "INSERT INTO baselines (counter, epoch, value) VALUES (?, ?, ?) "
-                "ON CONFLICT DO UPDATE SET epoch = excluded.epoch, value = excluded.value",
-                [
-                    (known.get((engine, n)) or counter_id(n), epoch, v)
-                    for n, v in new.items()
-                    if old.get(n) != v
-                ],
-            )
-            conn.executemany(
-                "DELETE FROM baselines WHERE counter = ?",
-                [(counter_id(n),) for n in old if n not in new],
-            )
+            if write_baselines:
+                get = known.get
+                ids = pack_ids([get(n) or counter_id(n) for n in new])
+                conn.execute(
+                    "INSERT INTO baseline_sets (engine, epoch, counter_ids, counts) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (engine) DO UPDATE SET "
+                    "epoch = excluded.epoch, counter_ids = excluded.counter_ids, "
+                    "counts = excluded.counts",
+                    (engine, epoch, ids, counts),
+                )
             if new_epoch:
                 # Names of the last epoch's counters (removed users) go with it.
-                dropped_counters = [
-                    i for (e, name), i in self._counters.items() if e == engine and name not in new
-                ]
+                dropped_counters = [i for name, i in known.items() if name not in new]
                 conn.executemany(
                     "DELETE FROM counters WHERE id = ?", [(i,) for i in dropped_counters]
                 )
             rows = []
             charges: dict[str, int] = {}
+            streams = self._streams
+            lease_users = self._lease_users
             for seq, delta in enumerate(sample.deltas, start=first):
                 key = (delta.user_id, engine, epoch)
-                stream = self._streams.get(key) or new_streams.get(key)
+                stream = streams.get(key) or new_streams.get(key)
                 if stream is None:
                     stream = conn.execute(
                         "INSERT INTO streams (user_id, engine, epoch) VALUES (?, ?, ?)", key
@@ -206,7 +223,7 @@ class JournalStore:
                     assert stream is not None
                     new_streams[key] = stream
                 rows.append((seq, stream, delta.uplink, delta.downlink, sampled_at_ms))
-                if delta.user_id in self._lease_users:
+                if delta.user_id in lease_users:
                     charges[delta.user_id] = charges.get(delta.user_id, 0) + delta.total
             conn.executemany(
                 "INSERT INTO outbox (seq, stream, uplink, downlink, sampled_at_ms) "
@@ -225,10 +242,11 @@ class JournalStore:
         self._markers[engine] = marker
         self._baselines[engine] = new
         self._streams.update(new_streams)
-        self._counters.update(new_counters)
-        if dropped_counters:
+        if new_counters or dropped_counters:
             gone = set(dropped_counters)
-            self._counters = {k: i for k, i in self._counters.items() if i not in gone}
+            merged = {n: i for n, i in known.items() if i not in gone}
+            merged.update(new_counters)
+            self._counters[engine] = merged
         if rows:
             self._high = last
             return first, last
@@ -489,6 +507,27 @@ class JournalStore:
         with self._tx(durable=True) as conn:
             conn.executemany("DELETE FROM leases WHERE user_id = ?", [(u,) for u in user_ids])
         self._lease_users.difference_update(user_ids)
+
+
+def _unpack_baselines(
+    path: Path, engine: str, ids_blob: bytes, counts_blob: bytes, names: Mapping[int, str]
+) -> dict[str, int]:
+    """counter name -> baseline from a baseline_sets row; a torn or mismatched
+    row is a damaged journal (never read as zeros: that would count again)."""
+    damaged = f"damaged: baselines of {engine}"
+    try:
+        ids, counts = unpack(ids_blob, "q"), unpack(counts_blob, "Q")
+    except (ValueError, TypeError) as e:  # TypeError: not a blob at all
+        raise JournalError(path, f"{damaged}: {e}") from None
+    if len(ids) != len(counts):
+        raise JournalError(path, f"{damaged}: {len(ids)} counters, {len(counts)} counts")
+    try:
+        baselines = {names[i]: value for i, value in zip(ids, counts, strict=True)}
+    except KeyError as e:
+        raise JournalError(path, f"{damaged}: unknown counter {e}") from None
+    if len(baselines) != len(ids):
+        raise JournalError(path, f"{damaged}: a counter appears twice")
+    return baselines
 
 
 def _check_revision(revision: int) -> None:

@@ -108,7 +108,7 @@ async def test_new_epoch_starts_from_zero_and_drops_old_baselines(tmp_path):
         assert totals[("user-0", ENGINE_PROXY, "1")] == (5000, 10000)
         assert totals[("user-0", ENGINE_PROXY, "2")] == (1000, 2000)
     with sqlite3.connect(tmp_path / "j.db") as conn:
-        epochs = {r[0] for r in conn.execute("SELECT DISTINCT epoch FROM baselines")}
+        epochs = {r[0] for r in conn.execute("SELECT epoch FROM baseline_sets")}
     conn.close()
     assert epochs == {"2"}
 

@@ -41,6 +41,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Protocol
 
 import trio
@@ -68,6 +69,8 @@ from .wireguard import WireGuard, WireGuardError
 log = logging.getLogger(__name__)
 
 PROXY_STATS_PATTERN = "user>>>"
+# A Delta's uplink and downlink by position: summing 10,000 of them stays in C.
+_UPLINK, _DOWNLINK = itemgetter(3), itemgetter(4)
 
 
 class Commit(Protocol):
@@ -369,7 +372,7 @@ class Sampler:
             new_epoch=new_epoch,
             deltas=len(sample.deltas),
             seqs=seqs,
-            uplink=sum(d.uplink for d in sample.deltas),
-            downlink=sum(d.downlink for d in sample.deltas),
+            uplink=sum(map(_UPLINK, sample.deltas)),
+            downlink=sum(map(_DOWNLINK, sample.deltas)),
             unattributed=sum(sample.unattributed.values()),
         )

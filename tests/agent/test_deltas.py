@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from edgeward.agent.deltas import (
@@ -13,6 +15,7 @@ from edgeward.agent.deltas import (
     Delta,
     compute_deltas,
     core_restarted,
+    memoized,
     next_epoch,
     parse_proxy_counter,
     parse_wg_counter,
@@ -251,3 +254,34 @@ def test_went_down_tells_a_counter_fell_or_vanished():
     assert vanished.went_down and vanished.deltas == ()
     fresh = compute_deltas({}, {up: 5}, engine="proxy", epoch="1", resolve=resolve)
     assert not fresh.went_down
+
+
+def test_memo_answers_like_its_resolver_over_many_rounds():
+    """A ResolverMemo kept across rounds (as the sampler keeps one per desired
+    state) gives exactly the samples the plain resolver gives, through growth,
+    resets, vanished and unowned counters, and resolves each name once."""
+    users = {f"u{i}@x": f"user-{i % 7}" for i in range(12)}  # some users own several emails
+    names = [proxy_counter(e, way) for e in [*users, "stranger@x"] for way in (UPLINK, DOWNLINK)]
+    names.append("inbound>>>api>>>traffic>>>uplink")  # not a user counter at all
+    asked: list[str] = []
+    plain = proxy_resolver(users)
+
+    def counting(name):
+        asked.append(name)
+        return plain(name)
+
+    memo = memoized(counting)
+    assert memoized(memo) is memo
+    rng = random.Random(5)
+    values = dict.fromkeys(names, 0)
+    baselines: dict[str, int] = {}
+    for _ in range(60):
+        for name in rng.sample(names, rng.randint(0, len(names))):
+            values[name] = 0 if rng.random() < 0.05 else values[name] + rng.randint(0, 3) * 100
+        readings = {n: v for n, v in values.items() if rng.random() < 0.9}  # some vanish
+        kwargs = {"engine": ENGINE_PROXY, "epoch": "3"}
+        expected = compute_deltas(baselines, readings, resolve=plain, **kwargs)
+        assert compute_deltas(baselines, readings, resolve=memo, **kwargs) == expected
+        assert list(expected.deltas) == sorted(expected.deltas)
+        baselines = expected.baselines
+    assert sorted(asked) == sorted(set(asked))

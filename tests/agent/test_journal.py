@@ -403,3 +403,66 @@ async def test_cancelled_commit_is_whole_or_absent(tmp_path):
         assert await journal.baselines(ENGINE_PROXY, "1") == readings(1)
     async with open_journal(tmp_path / "j.db") as journal:
         assert (await journal.outbox_stats()).rows == 5
+
+
+async def test_sample_mixing_known_and_new_streams_and_leases(tmp_path):
+    """Deltas of users with a stream already, users without one, and a user
+    twice in one sample: every row lands under its user with its seq, leases
+    are charged, and the interned streams survive a reopen."""
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal:
+        await journal.grant_leases([("user-1", 1, 10_000), ("user-9", 1, 10_000)])
+        first = Sample(ENGINE_PROXY, "1", (Delta("user-1", ENGINE_PROXY, "1", 5, 0),), {}, {})
+        assert await journal.commit_sample(first, sampled_at_ms=1) == (1, 1)
+        mixed = (
+            Delta("user-0", ENGINE_PROXY, "1", 1, 2),
+            Delta("user-1", ENGINE_PROXY, "1", 3, 4),
+            Delta("user-2", ENGINE_PROXY, "1", 0, 6),
+            Delta("user-2", ENGINE_PROXY, "1", 7, 0),
+        )
+        sample = Sample(ENGINE_PROXY, "1", mixed, {}, {})
+        assert await journal.commit_sample(sample, sampled_at_ms=2) == (2, 5)
+        rows = [(r.seq, r.user_id, r.uplink, r.downlink, r.sampled_at_ms) for r in
+                await journal.pending(0, 10)]  # fmt: skip
+        assert rows == [
+            (1, "user-1", 5, 0, 1),
+            (2, "user-0", 1, 2, 2),
+            (3, "user-1", 3, 4, 2),
+            (4, "user-2", 0, 6, 2),
+            (5, "user-2", 7, 0, 2),
+        ]
+        assert (await journal.leases())["user-1"].used == 12
+        assert (await journal.leases())["user-9"].used == 0
+    with sqlite3.connect(path) as conn:
+        streams = conn.execute("SELECT count(*) FROM streams").fetchone()[0]
+    conn.close()
+    assert streams == 3
+    async with open_journal(path) as journal:  # the reopened mirror reuses them
+        again = Sample(ENGINE_PROXY, "1", (Delta("user-2", ENGINE_PROXY, "1", 1, 1),), {}, {})
+        assert await journal.commit_sample(again, sampled_at_ms=3) == (6, 6)
+        assert (await journal.outbox_totals())[("user-2", ENGINE_PROXY, "1")] == (8, 7)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM streams").fetchone()[0] == 3
+    conn.close()
+
+
+async def test_streams_of_a_finished_epoch_go_once_its_rows_are_acked(tmp_path):
+    path = tmp_path / "j.db"
+
+    def stream_rows() -> list[tuple[str, str]]:
+        with sqlite3.connect(path) as conn:
+            rows = conn.execute("SELECT user_id, epoch FROM streams ORDER BY id").fetchall()
+        conn.close()
+        return rows
+
+    async with open_journal(path) as journal:
+        await sample_step(journal, 1, epoch="1")
+        await sample_step(journal, 1, epoch="2")
+        assert len(stream_rows()) == 10
+        await journal.ack(5)  # epoch 1's rows: epoch 2's still wait, nothing goes yet
+        assert len(stream_rows()) == 10
+        await journal.ack(10)
+        assert stream_rows() == [(f"user-{i}", "2") for i in range(5)]
+        await sample_step(journal, 2, epoch="2")  # the kept streams are reused
+        assert stream_rows() == [(f"user-{i}", "2") for i in range(5)]
+        assert {r.user_id for r in await journal.pending(10, 10)} == set(EMAILS.values())

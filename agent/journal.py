@@ -125,6 +125,10 @@ class Journal:
     async def epoch_marker(self, engine: str) -> str | None:
         return await self._run(self._store.epoch_marker, engine)
 
+    async def counter_state(self, engine: str) -> tuple[str | None, str | None, dict[str, int]]:
+        """(current epoch, its marker, its baselines): one thread crossing, not three."""
+        return await self._run(self._store.counter_state, engine)
+
     async def commit_sample(
         self, sample: Sample, *, sampled_at_ms: int, epoch_marker: str | None = None
     ) -> tuple[int, int]:

@@ -147,6 +147,12 @@ class JournalStore:
             return {}
         return dict(self._baselines.get(engine, {}))
 
+    def counter_state(self, engine: str) -> tuple[str | None, str | None, dict[str, int]]:
+        """(current epoch, its marker, its baselines) of an engine: what a
+        sampling round reads before it computes, in one call."""
+        epoch = self._epochs.get(engine)
+        return epoch, self._markers.get(engine), dict(self._baselines.get(engine, {}))
+
     def commit_sample(
         self, sample: Sample, sampled_at_ms: int, epoch_marker: str | None = None
     ) -> tuple[int, int]:

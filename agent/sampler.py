@@ -281,12 +281,9 @@ class Sampler:
         if restarted is not None:
             return EngineRound(ENGINE_PROXY, skipped="the core restarted during the reading")
         assert tracker.known is not None
-        current = await self.journal.current_epoch(ENGINE_PROXY)
-        same = (
-            current is not None
-            and await self.journal.epoch_marker(ENGINE_PROXY) == tracker.known.id
-        )
-        baselines = await self.journal.baselines(ENGINE_PROXY, current) if same and current else {}
+        current, stored_marker, stored = await self.journal.counter_state(ENGINE_PROXY)
+        same = current is not None and stored_marker == tracker.known.id
+        baselines = stored if same else {}
         resolve = self._resolver(ENGINE_PROXY, desired, lambda d: proxy_resolver(proxy_owners(d)))
         epoch = current if same and current is not None else next_epoch(current)
         sample = compute_deltas(
@@ -309,9 +306,9 @@ class Sampler:
         interfaces = sorted(set(self.wg_interfaces()))
         if not interfaces:
             return EngineRound(ENGINE_WIREGUARD, skipped="no WireGuard interfaces to sample")
-        current = await self.journal.current_epoch(ENGINE_WIREGUARD)
-        previous_tokens = parse_wg_marker(await self.journal.epoch_marker(ENGINE_WIREGUARD))
-        previous = await self.journal.baselines(ENGINE_WIREGUARD, current) if current else {}
+        current, stored_marker, stored = await self.journal.counter_state(ENGINE_WIREGUARD)
+        previous_tokens = parse_wg_marker(stored_marker)
+        previous = stored if current else {}
         tokens = dict(previous_tokens)
         read_tokens: dict[str, str] = {}
         readings: dict[str, int] = {}

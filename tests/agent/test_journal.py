@@ -466,3 +466,15 @@ async def test_streams_of_a_finished_epoch_go_once_its_rows_are_acked(tmp_path):
         await sample_step(journal, 2, epoch="2")  # the kept streams are reused
         assert stream_rows() == [(f"user-{i}", "2") for i in range(5)]
         assert {r.user_id for r in await journal.pending(10, 10)} == set(EMAILS.values())
+
+
+async def test_counter_state_is_epoch_marker_and_baselines_in_one_read(tmp_path):
+    async with open_journal(tmp_path / "j.db") as journal:
+        assert await journal.counter_state(ENGINE_PROXY) == (None, None, {})
+        sample = await sample_step(journal, 2, epoch="4")
+        await journal.commit_sample(sample, sampled_at_ms=9, epoch_marker="m4")
+        epoch, marker, baselines = await journal.counter_state(ENGINE_PROXY)
+        assert (epoch, marker, baselines) == ("4", "m4", readings(2))
+        baselines.clear()  # a copy: the journal's own is untouched
+        assert await journal.baselines(ENGINE_PROXY, "4") == readings(2)
+        assert await journal.counter_state(ENGINE_WIREGUARD) == (None, None, {})

@@ -17,15 +17,17 @@ RSS (goal <= 80 MB).
 
     .venv/bin/python bench/sample.py [--users 10000] [--rounds 5]
 
-Measured here (2 shared cores under other load, 10,000 users, 20,000 live
-counters, 2026-12-03): bare QueryStats+decode 21-34 ms median (the agent's own
-decoder, agent/stats_wire.py; betterproto2 would need 176-267 ms for the same
-~950 KB reply); agent cycle nothing moved 38-47 ms (1.5-1.8x), 10% moved
-65-97 ms (3.0-3.1x), all moved 152-224 ms (7.1x); first cycle of an epoch
-216-270 ms. What the bare loop does not do and the agent must: commit the
-deltas and the new baselines durably in one SQLite transaction (1,000 deltas +
-2,000 baselines ~8 ms standalone, more with fsync on a loaded disk). Agent RSS
-at 10,000 users: 66 MB.
+Measured here (2 shared cores, 10,000 users, 20,000 live counters,
+2026-12-03 ~22:00 UTC, load average 0.6-2): bare QueryStats+decode 19-24 ms
+median (the agent's own decoder, agent/stats_wire.py; betterproto2 needs
+156-188 ms for the same ~950 KB reply); agent cycle nothing moved 31-32 ms
+(1.4-1.7x), 10% moved 37-43 ms (1.6-2.2x), all moved 62-74 ms (2.9-3.5x);
+first cycle of an epoch 161-171 ms. Where an all-moved cycle goes (timed
+pieces): QueryStats through the asyncio island ~22-29 ms, two GetSysStats
+~3.5 ms, compute_deltas ~13-17 ms (20,000 counters, 10,000 deltas), the
+journal commit ~14 ms (of which ~7 ms is SQLite inserting 10,000 outbox rows
+and syncing: one row per delta is the floor of the current outbox layout).
+Agent RSS at 10,000 users: 64-66 MB.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ asyncio bridge). A cancelled caller waits for its SQL to finish, so a
 transaction is always either committed or rolled back, never abandoned.
 
 Schema, migrations and safe opening: agent/journal_schema.py. SQL and
-durability choices: agent/journal_store.py.
+durability choices: agent/journal_store.py (enforcement and leases:
+agent/journal_enforcement.py).
 """
 
 from __future__ import annotations

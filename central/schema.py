@@ -182,6 +182,14 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX usage_batches_by_time ON usage_batches(received_at_ms)",
         "ALTER TABLE nodes ADD COLUMN ledger_floor_seq BIGINT NOT NULL DEFAULT 0",
     ],
+    # 6: batches are committed to the ledger first and added to rollups, totals and
+    # lease use later, several at once (sqlite_fold.py). 0: not added yet. Rows from
+    # before this migration were added when stored (1). PostgreSQL keeps its ledger in
+    # `deltas` and applies each batch whole: there the column stays 1 and unused.
+    [
+        "ALTER TABLE usage_batches ADD COLUMN folded INTEGER NOT NULL DEFAULT 1",
+        "CREATE INDEX usage_batches_unfolded ON usage_batches(node_id, last_seq) WHERE folded = 0",
+    ],
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -1,10 +1,12 @@
 """Exactly-once usage ingest on SQLite, and the usage reads.
 
-A batch's ledger rows, rollups and totals are written in one transaction
-together with the node's acked_seq; the caller acks only after the commit.
-The hot part (`apply_usage`) is a plain function over a sqlite3 connection,
-run in one hop on the storage thread: one executemany per table, rows summed
-in Python first (ingest.aggregate).
+A batch's fresh deltas go into the ledger as one usage_batches row, in one
+transaction together with the node's acked_seq; the caller acks only after
+the commit (ledger_usage). Folding adds ledgered batches to the rollups,
+totals and lease use (fold_batches): in the same transaction (apply_usage),
+or later for many batches at once (sqlite_fold.py). Both are plain functions
+over a sqlite3 connection, run in one hop on the storage thread: one
+executemany per table, rows summed in Python first (ingest.aggregate).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from edgeward.proto import v1
@@ -42,9 +45,10 @@ SELECT_COUNTABLE_USERS = (
     " LEFT JOIN leases l ON l.user_id = a.user_id AND l.node_id = a.node_id"
     " WHERE a.user_id IN (SELECT value FROM json_each(?)) AND a.node_id = ?"
 )
+# Unfolded (folded = 0): rejected users are known, and stored, when it is folded.
 INSERT_BATCH = (
     "INSERT INTO usage_batches (node_id, last_seq, first_seq, received_at_ms,"
-    " rejected_users, payload) VALUES (?, ?, ?, ?, ?, ?)"
+    " rejected_users, payload, folded) VALUES (?, ?, ?, ?, '[]', ?, 0)"
 )
 ADD_HOURLY = (
     "INSERT INTO usage_hourly (user_id, node_id, engine, hour_ms, uplink_bytes,"
@@ -59,9 +63,24 @@ ADD_USER_TOTALS = (
     " WHERE user_id = ?"
 )
 ADD_LEASE_USE = "UPDATE leases SET used_bytes = used_bytes + ? WHERE user_id = ? AND node_id = ?"
-ADD_NODE_TOTALS = (
-    "UPDATE nodes SET acked_seq = ?, uplink_bytes = uplink_bytes + ?,"
-    " downlink_bytes = downlink_bytes + ?, last_seen_ms = ? WHERE node_id = ?"
+SET_ACKED = "UPDATE nodes SET acked_seq = ?, last_seen_ms = ? WHERE node_id = ?"
+ADD_NODE_BYTES = (
+    "UPDATE nodes SET uplink_bytes = uplink_bytes + ?,"
+    " downlink_bytes = downlink_bytes + ? WHERE node_id = ?"
+)
+SELECT_UNFOLDED = (
+    "SELECT node_id, last_seq FROM usage_batches WHERE folded = 0 ORDER BY node_id, last_seq"
+)
+SELECT_PAYLOAD = "SELECT payload FROM usage_batches WHERE node_id = ? AND last_seq = ?"
+# Users of a batch whose quota decisions and lease grants must follow its ack.
+SELECT_LIMITED_OR_LEASED = (
+    "SELECT 1 FROM users WHERE user_id IN (SELECT value FROM json_each(?))"
+    " AND data_limit_bytes IS NOT NULL"
+    " UNION ALL SELECT 1 FROM leases WHERE node_id = ?"
+    " AND user_id IN (SELECT value FROM json_each(?)) LIMIT 1"
+)
+MARK_FOLDED = (
+    "UPDATE usage_batches SET folded = 1, rejected_users = ? WHERE node_id = ? AND last_seq = ?"
 )
 # Retention of the raw ledger: the floor first (it must cover what is deleted).
 RAISE_LEDGER_FLOORS = (
@@ -96,53 +115,112 @@ def seen_seqs(conn: sqlite3.Connection, node_id: str, first: int, last: int) -> 
     return seen
 
 
-def apply_usage(
-    conn: sqlite3.Connection, node_id: str, deltas: Sequence[UsageDelta], at: int
-) -> Applied:
-    """Write the deltas not yet in the ledger and everything they add to.
+def ledger_usage(
+    conn: sqlite3.Connection,
+    node_id: str,
+    deltas: Sequence[UsageDelta],
+    at: int,
+    payload: bytes | None = None,
+) -> tuple[int, list[UsageDelta]]:
+    """Put the deltas not yet in the ledger into it, as one unfolded batch, and raise
+    the node's acked_seq; returns (acked_seq, fresh deltas). Rollups and totals
+    follow in fold_batches.
 
     Runs inside the caller's transaction. A delta whose (node_id, seq) is
     already in the ledger, or at or below the node's pruned floor, adds
     nothing, so replays and overlapping batches are harmless in any order.
-    The fresh deltas go into the ledger as one usage_batches row.
+    payload: the deltas' v1.UsageBatch bytes as received, stored when every delta
+    is fresh (saves encoding them again).
     """
     row = conn.execute(SELECT_NODE_SEQS, (node_id,)).fetchone()
     if row is None:
         raise LookupError(f"unknown node {node_id!r}")
     acked, floor = row
     if not deltas:
-        return Applied(acked, 0, None, [])
-    fresh: Sequence[UsageDelta] = deltas
+        return acked, []
+    fresh = list(deltas)
     first, last = deltas[0][0], deltas[-1][0]
     if first <= acked:  # floor <= acked: a batch past acked is wholly fresh
         seen = seen_seqs(conn, node_id, first, last)
         fresh = [delta for delta in deltas if delta[0] > floor and delta[0] not in seen]
     new_acked = max(acked, last)
-    if not fresh:
-        return Applied(new_acked, 0, None, [])
-    users = json.dumps(list({delta[1]: None for delta in fresh}))
-    countable = [
-        CountableUser(*row) for row in conn.execute(SELECT_COUNTABLE_USERS, (users, node_id))
-    ]
-    agg = aggregate(node_id, fresh, {user.user_id for user in countable}, ledger=False)
-    conn.execute(
-        INSERT_BATCH,
-        (
-            node_id, fresh[-1][0], fresh[0][0], at, json.dumps(sorted(agg.rejected_users)),
-            encode_payload(fresh),
-        ),
-    )  # fmt: skip
-    conn.executemany(ADD_HOURLY, agg.hourly_rows(node_id))
-    user_rows = agg.user_rows()
-    conn.executemany(ADD_USER_TOTALS, user_rows)
-    leased = {user.user_id for user in countable if user.leased}
-    if leased:
+    if fresh:
+        if payload is None or len(fresh) != len(deltas):
+            payload = encode_payload(fresh)
+        conn.execute(INSERT_BATCH, (node_id, fresh[-1][0], fresh[0][0], at, payload))
+    conn.execute(SET_ACKED, (new_acked, at, node_id))
+    return new_acked, fresh
+
+
+def needs_fold_now(conn: sqlite3.Connection, node_id: str, deltas: Sequence[UsageDelta]) -> bool:
+    """Whether a user of the deltas has a data limit or holds a lease on the node: their
+    quota decisions and lease grants must follow the batch's ack (not a later fold)."""
+    users = json.dumps(list({delta[1]: None for delta in deltas}))
+    return conn.execute(SELECT_LIMITED_OR_LEASED, (users, node_id, users)).fetchone() is not None
+
+
+def fold_batches(
+    conn: sqlite3.Connection, decoded: dict[tuple[str, int], list[UsageDelta]] | None = None
+) -> dict[str, Applied]:
+    """Add every unfolded ledger batch to the rollups, totals and lease use, node by
+    node, and mark them folded; returns each node's Applied (acked_seq unused: 0).
+
+    Runs inside the caller's transaction. Under load many batches fold at once:
+    one rollup upsert per user x engine x hour and one totals update per user,
+    whatever the number of batches. A node's users are read after the previous
+    node's writes, so quota use after the fold is exact for users on several nodes.
+    decoded: deltas of (node_id, last_seq) batches kept since ingest (taken from
+    it); a batch not there is decoded from its stored payload.
+    """
+    decoded = decoded if decoded is not None else {}
+    by_node: dict[str, list[tuple[int, list[UsageDelta]]]] = {}
+    for node_id, last_seq in conn.execute(SELECT_UNFOLDED).fetchall():
+        rows = decoded.pop((node_id, last_seq), None)
+        if rows is None:
+            (payload,) = conn.execute(SELECT_PAYLOAD, (node_id, last_seq)).fetchone()
+            rows = decode_payload(payload)
+        by_node.setdefault(node_id, []).append((last_seq, rows))
+    folded = {}
+    for node_id, batches in by_node.items():
+        deltas = [delta for _, rows in batches for delta in rows]
+        users = json.dumps(list({delta[1]: None for delta in deltas}))
+        countable = [
+            CountableUser(*row) for row in conn.execute(SELECT_COUNTABLE_USERS, (users, node_id))
+        ]
+        agg = aggregate(node_id, deltas, {user.user_id for user in countable}, ledger=False)
+        conn.executemany(ADD_HOURLY, agg.hourly_rows(node_id))
+        user_rows = agg.user_rows()
+        conn.executemany(ADD_USER_TOTALS, user_rows)
+        leased = {user.user_id for user in countable if user.leased}
+        if leased:
+            conn.executemany(
+                ADD_LEASE_USE,
+                [(total, user, node_id) for _, _, total, user in user_rows if user in leased],
+            )
+        conn.execute(ADD_NODE_BYTES, (agg.node_uplink, agg.node_downlink, node_id))
+        rejected = agg.rejected_users
         conn.executemany(
-            ADD_LEASE_USE,
-            [(total, user_id, node_id) for _, _, total, user_id in user_rows if user_id in leased],
-        )
-    conn.execute(ADD_NODE_TOTALS, (new_acked, agg.node_uplink, agg.node_downlink, at, node_id))
-    return applied(new_acked, len(fresh), agg, countable)
+            MARK_FOLDED,
+            [
+                (json.dumps(sorted({d[1] for d in rows} & rejected)) if rejected else "[]",
+                 node_id, last_seq)
+                for last_seq, rows in batches
+            ],
+        )  # fmt: skip
+        folded[node_id] = applied(0, len(deltas), agg, countable)
+    return folded
+
+
+def apply_usage(
+    conn: sqlite3.Connection, node_id: str, deltas: Sequence[UsageDelta], at: int
+) -> Applied:
+    """ledger_usage and fold_batches in the caller's transaction: the batch's Applied
+    (with whatever else was unfolded for this node)."""
+    acked, fresh = ledger_usage(conn, node_id, deltas, at)
+    if not fresh:
+        return Applied(acked, 0, None, [])
+    mine = fold_batches(conn)[node_id]
+    return replace(mine, acked_seq=acked, fresh=len(fresh))
 
 
 def prune_ledger(conn: sqlite3.Connection, before_ms: int) -> int:
@@ -188,7 +266,12 @@ def ledger_rows(conn: sqlite3.Connection, node_id: str | None = None) -> list[tu
 
 
 class IngestMixin:
-    """Mixed into SqliteStorage: ingest, node reads and usage reads."""
+    """Mixed into SqliteStorage and PgStorage: ingest, node reads and usage reads.
+
+    Here a batch is applied whole in one transaction (ledger, rollups, totals,
+    decisions, grants). SqliteStorage's FoldMixin (sqlite_fold.py) overrides
+    ingest to commit the ledger first and fold later.
+    """
 
     _write: Any
     _read: Any
@@ -197,12 +280,19 @@ class IngestMixin:
     _grant_in: Any
 
     async def ingest(
-        self, node_id: str, deltas: Sequence[UsageDelta], at_ms: int | None = None
+        self,
+        node_id: str,
+        deltas: Sequence[UsageDelta],
+        at_ms: int | None = None,
+        *,
+        defer: bool = False,
+        payload: bytes | None = None,
     ) -> IngestResult:
         """Apply a batch exactly once and commit; returns the ack to send.
 
         `deltas` as decode_usage returns them. The caller sends the Ack (and
-        the lease grants) only after this returns.
+        the lease grants) only after this returns. defer and payload: see
+        FoldMixin.ingest (a whole-batch backend applies every batch at once).
         """
         check_batch(deltas)
         at = at_ms if at_ms is not None else now_ms()
@@ -211,17 +301,7 @@ class IngestMixin:
             agg = applied.agg
             if agg is None:
                 return IngestResult(applied.acked_seq, 0, len(deltas), set(), [])
-            if applied.unassigned:
-                log.warning(
-                    "node %s reported usage of users no longer assigned to it (counted): %s",
-                    node_id, ", ".join(applied.unassigned[:20]),
-                )  # fmt: skip
-            for user_id in sorted(agg.rejected_users):
-                log.warning("node %s reported usage of foreign user %s: ignored", node_id, user_id)
-                await self._audit(
-                    tx, f"node:{node_id}", "reject-usage", user_id,
-                    "usage reported for a user never assigned to this node", at,
-                )  # fmt: skip
+            await self._report_usage(tx, node_id, applied, at)
             await self._apply_decisions(tx, at, applied.limits, applied.quota_used)
             limited = tx.limited  # users of this batch with a data limit
             leases = await self._grant_in(tx, node_id, limited, at) if limited else []
@@ -232,6 +312,23 @@ class IngestMixin:
                 agg.rejected_users,
                 leases,
             )
+
+    async def _report_usage(self, tx: Any, node_id: str, applied: Applied, at: int) -> None:
+        """Log usage of users no longer assigned (counted); log and audit usage of
+        foreign users (not counted)."""
+        agg = applied.agg
+        assert agg is not None
+        if applied.unassigned:
+            log.warning(
+                "node %s reported usage of users no longer assigned to it (counted): %s",
+                node_id, ", ".join(applied.unassigned[:20]),
+            )  # fmt: skip
+        for user_id in sorted(agg.rejected_users):
+            log.warning("node %s reported usage of foreign user %s: ignored", node_id, user_id)
+            await self._audit(
+                tx, f"node:{node_id}", "reject-usage", user_id,
+                "usage reported for a user never assigned to this node", at,
+            )  # fmt: skip
 
     async def _apply_usage(
         self, tx: Any, node_id: str, deltas: Sequence[UsageDelta], at: int

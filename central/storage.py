@@ -7,6 +7,7 @@ own SQL:
 
   sqlite_core     connection, transactions, revision bumps, audit log
   sqlite_ingest   exactly-once usage ingest, node and usage reads
+  sqlite_fold     the ledger committed first, folded into totals later
   sqlite_enforce  decide() applied, quota leases
   sqlite_desired  node snapshots and changes
   admin           nodes, plans, users, assignments, renewals
@@ -39,6 +40,7 @@ from .retention import RollupPrune
 from .sqlite_core import SqliteCore
 from .sqlite_desired import DesiredMixin
 from .sqlite_enforce import SYSTEM_ACTOR, EnforcementMixin
+from .sqlite_fold import FoldMixin
 from .sqlite_ingest import IngestMixin
 from .sqlite_retention import RetentionMixin
 
@@ -61,7 +63,13 @@ class Storage(Protocol):
     async def node_known(self, node_id: str) -> bool: ...
     async def acked_seq(self, node_id: str) -> int: ...
     async def ingest(
-        self, node_id: str, deltas: Sequence[UsageDelta], at_ms: int | None = None
+        self,
+        node_id: str,
+        deltas: Sequence[UsageDelta],
+        at_ms: int | None = None,
+        *,
+        defer: bool = False,
+        payload: bytes | None = None,
     ) -> IngestResult: ...
     async def record_local_decisions(
         self, node_id: str, decisions: Sequence[v1.LocalDecision]
@@ -83,6 +91,7 @@ class Storage(Protocol):
 
 
 class SqliteStorage(
+    FoldMixin,
     IngestMixin,
     EnforcementMixin,
     DesiredMixin,

@@ -282,7 +282,11 @@ class NodeSession:
 
     async def on_usage(self, batch: v1.UsageBatch) -> None:
         try:
-            result = await self.storage.ingest(self.node_id, decode_usage(batch))
+            # Folding into totals may follow the commit (sqlite_fold.py); the payload
+            # is stored as received.
+            result = await self.storage.ingest(
+                self.node_id, decode_usage(batch), defer=True, payload=bytes(batch)
+            )
         except InvalidBatch as e:
             raise Refusal(Status.INVALID_ARGUMENT, str(e)) from None
         # Only now is the batch durable: acknowledge it, then the leases based on it.

@@ -1,0 +1,209 @@
+"""SQLite ingest that commits the ledger first and folds it later (the node stream's path).
+
+A batch is committed to the ledger as one unfolded usage_batches row together
+with the node's acked_seq (sqlite_ingest.ledger_usage): that commit is what the
+Ack covers. Folding it into rollups, totals and lease use, and deciding on the
+result (sqlite_ingest.fold_batches), takes every unfolded batch at once: under
+load one rollup upsert per user x engine x hour and one totals update per user
+cover many batches. A batch is folded:
+- in its own transaction, when the caller does not defer, or when a user of the
+  batch has a data limit or holds a lease on the node: quota decisions and
+  lease grants follow the batch's Ack exactly as when nothing is deferred;
+- else within FOLD_DELAY_S, by a task taking every batch committed meanwhile;
+- before any lease grant: a grant resets the lease's use, so every batch the
+  node has been acked for must already count (nothing is counted twice or lost);
+- when the storage opens (batches of a central killed before folding them) and
+  when it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Self
+
+from edgeward.proto import v1
+from edgeward.proto.usage_codec import UsageDelta
+
+from .ingest import Applied, check_batch
+from .records import IngestResult, Transaction, now_ms
+from .sqlite_core import run_sync
+from .sqlite_ingest import fold_batches, ledger_usage, needs_fold_now
+
+log = logging.getLogger("edgeward.central.storage")
+
+# How long a deferred fold waits for more batches (decisions on users without a data
+# limit, e.g. expiry, and the usage admin reads lag by this much plus one fold).
+FOLD_DELAY_S = 0.05
+# Decoded deltas kept for the fold, in batches (beyond: decoded again from the ledger).
+KEEP_DECODED = 1000
+
+
+def _ledger(
+    conn: Any,
+    node_id: str,
+    deltas: Sequence[UsageDelta],
+    at: int,
+    payload: bytes | None,
+    defer: bool,
+) -> tuple[int, list[UsageDelta], bool]:
+    """ledger_usage, and whether the batch must be folded in its transaction."""
+    acked, fresh = ledger_usage(conn, node_id, deltas, at, payload)
+    return acked, fresh, bool(fresh) and (not defer or needs_fold_now(conn, node_id, fresh))
+
+
+class FoldMixin:
+    """Mixed into SqliteStorage before IngestMixin (see the module docstring)."""
+
+    _write: Any
+    _report_usage: Any
+    _apply_decisions: Any
+    _fold_task: asyncio.Task | None = None
+    _fold_wanted = False
+    _decoded: dict[tuple[str, int], list[UsageDelta]]
+
+    @classmethod
+    async def open(cls, path: str | Path, **options: Any) -> Self:
+        storage = await super().open(path, **options)  # type: ignore[misc]
+        try:
+            await storage.fold()  # what a killed central committed but did not fold
+        except BaseException:
+            await storage.close()
+            raise
+        return storage
+
+    async def ingest(
+        self,
+        node_id: str,
+        deltas: Sequence[UsageDelta],
+        at_ms: int | None = None,
+        *,
+        defer: bool = False,
+        payload: bytes | None = None,
+    ) -> IngestResult:
+        """Commit a batch exactly once; returns the ack to send.
+
+        `deltas` as decode_usage returns them. The caller sends the Ack (and
+        the lease grants) only after this returns. defer=True (the node stream):
+        a batch none of whose users has a data limit or a lease on the node is
+        folded within FOLD_DELAY_S instead of now (its foreign users are then
+        audited by that fold, not returned here). payload: the deltas'
+        v1.UsageBatch bytes as received (stored without encoding them again).
+        """
+        check_batch(deltas)
+        at = at_ms if at_ms is not None else now_ms()
+        keep = self._decoded_batches()
+        async with self._write() as tx:
+            acked, fresh, fold_now = await run_sync(
+                tx.db, _ledger, node_id, deltas, at, payload, defer
+            )
+            if not fresh:
+                return IngestResult(acked, 0, len(deltas), set(), [])
+            key = (node_id, fresh[-1][0])
+            if len(keep) < KEEP_DECODED:
+                keep[key] = fresh  # taken by the fold (dropped if this rolls back)
+            try:
+                if not fold_now:
+                    leases: list[v1.Lease] = []
+                    rejected: set[str] = set()
+                else:
+                    folded = await self._fold_pending(tx, at)
+                    mine = folded[node_id]
+                    assert mine.agg is not None
+                    rejected = mine.agg.rejected_users
+                    limited = [
+                        user for user, limits in mine.limits.items()
+                        if limits.data_limit_bytes is not None
+                    ]  # fmt: skip
+                    leases = await self._grant_after_fold(tx, node_id, limited, at)
+            except BaseException:
+                keep.pop(key, None)
+                raise
+        if not fold_now:
+            self._fold_soon()
+        return IngestResult(acked, len(fresh), len(deltas) - len(fresh), rejected, leases)
+
+    def _decoded_batches(self) -> dict[tuple[str, int], list[UsageDelta]]:
+        try:
+            return self._decoded
+        except AttributeError:
+            self._decoded = {}
+            return self._decoded
+
+    def _fold_soon(self) -> None:
+        self._fold_wanted = True
+        if self._fold_task is None or self._fold_task.done():
+            self._fold_task = asyncio.get_running_loop().create_task(self._fold_later())
+
+    async def _fold_later(self) -> None:
+        # Ends when no batch was deferred while it waited (one fold per FOLD_DELAY_S
+        # at most); a failed fold is retried by the next deferred batch or at close.
+        while self._fold_wanted:
+            self._fold_wanted = False
+            await asyncio.sleep(FOLD_DELAY_S)
+            try:
+                await self.fold()
+            except Exception:
+                log.exception("folding usage batches failed (retried at the next batch)")
+                return
+
+    async def fold(self) -> None:
+        """Fold every committed, unfolded usage batch now."""
+        async with self._write() as tx:
+            await self._fold_pending(tx, now_ms())
+
+    async def _fold_pending(self, tx: Transaction, at: int) -> dict[str, Applied]:
+        """Fold in tx, audit foreign users, decide; returns each folded node's Applied.
+
+        Grants no leases: the caller grants for its own node, right after whose
+        Ack they are sent; other nodes' users get theirs with their next batch.
+        """
+        folded = await run_sync(tx.db, fold_batches, self._decoded_batches())
+        if not folded:
+            return {}
+        limits: dict = {}
+        quota_used: dict[str, int] = {}
+        for node_id, applied in folded.items():
+            await self._report_usage(tx, node_id, applied, at)
+            limits.update(applied.limits)
+            quota_used.update(applied.quota_used)
+        # A user on several nodes: quota_used of the node folded last includes the others.
+        await self._apply_decisions(tx, at, limits, quota_used)
+        return folded
+
+    async def _grant_after_fold(
+        self, tx: Transaction, node_id: str, user_ids: list[str], at: int
+    ) -> list[v1.Lease]:
+        if not user_ids:
+            return []
+        return await super()._grant_in(tx, node_id, user_ids, at)  # type: ignore[misc]
+
+    async def _grant_in(
+        self,
+        tx: Transaction,
+        node_id: str,
+        user_ids: list[str] | None,
+        at: int,
+        fresh: bool = False,
+    ) -> list[v1.Lease]:
+        """A lease grant after folding every committed batch (see the module docstring)."""
+        await self._fold_pending(tx, at)
+        return await super()._grant_in(tx, node_id, user_ids, at, fresh)  # type: ignore[misc]
+
+    async def close(self) -> None:
+        """Fold what is left, then close (what a failed fold leaves is folded at the
+        next open)."""
+        task = self._fold_task
+        if task is not None and not task.done():
+            self._fold_wanted = False
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            await self.fold()
+        except Exception:
+            log.exception("folding usage batches at close failed (done at the next open)")
+        await super().close()  # type: ignore[misc]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from edgeward.proto import v1
 
@@ -82,7 +82,7 @@ async def _inbounds(db: Any, node_id: str) -> list[desired.Inbound]:
 async def _user_states(
     db: Any, node_id: str, user_ids: list[str] | None
 ) -> list[desired.UserState]:
-    query, params = SELECT_USER_STATES, (node_id,)
+    query, params = SELECT_USER_STATES, cast(tuple[str, ...], (node_id,))
     if user_ids is not None:
         query, params = query + ONLY_USERS, (node_id, json.dumps(user_ids))
     rows = await db.execute_fetchall(query + ORDER_USERS, params)

@@ -12,6 +12,9 @@ cover many batches. A batch is folded:
 - else within FOLD_DELAY_S, by a task taking every batch committed meanwhile;
 - before any lease grant: a grant resets the lease's use, so every batch the
   node has been acked for must already count (nothing is counted twice or lost);
+- before any other read or write (admin reads, admin changes such as deleting a
+  user or renewing, retention): each sees and acts on every batch acked before
+  it, as if that batch had been folded at its ack;
 - when the storage opens (batches of a central killed before folding them) and
   when it closes.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -58,11 +61,11 @@ def _ledger(
 class FoldMixin:
     """Mixed into SqliteStorage before IngestMixin (see the module docstring)."""
 
-    _write: Any
     _report_usage: Any
     _apply_decisions: Any
     _fold_task: asyncio.Task | None = None
     _fold_wanted = False
+    _unfolded = False  # a deferred batch may be unfolded
     _decoded: dict[tuple[str, int], list[UsageDelta]]
 
     @classmethod
@@ -96,7 +99,7 @@ class FoldMixin:
         check_batch(deltas)
         at = at_ms if at_ms is not None else now_ms()
         keep = self._decoded_batches()
-        async with self._write() as tx:
+        async with self._write(fold_first=False) as tx:
             acked, fresh, fold_now = await run_sync(
                 tx.db, _ledger, node_id, deltas, at, payload, defer
             )
@@ -134,6 +137,7 @@ class FoldMixin:
             return self._decoded
 
     def _fold_soon(self) -> None:
+        self._unfolded = True
         self._fold_wanted = True
         if self._fold_task is None or self._fold_task.done():
             self._fold_task = asyncio.get_running_loop().create_task(self._fold_later())
@@ -152,8 +156,31 @@ class FoldMixin:
 
     async def fold(self) -> None:
         """Fold every committed, unfolded usage batch now."""
-        async with self._write() as tx:
+        async with super()._write() as tx:  # type: ignore[misc]
             await self._fold_pending(tx, now_ms())
+        # Committed, and nothing awaited since the lock was let go: a batch deferred
+        # later waited for the lock and sets the flag again after its own commit.
+        self._unfolded = False
+
+    @contextlib.asynccontextmanager
+    async def _write(self, *, fold_first: bool = True) -> AsyncIterator[Transaction]:
+        """A write transaction that first folds what was deferred (unless fold_first is
+        False: ingest's ledger commit)."""
+        async with super()._write() as tx:  # type: ignore[misc]
+            folding = fold_first and self._unfolded
+            if folding:
+                await self._fold_pending(tx, now_ms())
+            yield tx
+        if folding:
+            self._unfolded = False  # as in fold()
+
+    @contextlib.asynccontextmanager
+    async def _read(self) -> AsyncIterator[Any]:
+        """A read that sees every batch acked before it began (folds them first)."""
+        if self._unfolded:
+            await self.fold()
+        async with super()._read() as db:  # type: ignore[misc]
+            yield db
 
     async def _fold_pending(self, tx: Transaction, at: int) -> dict[str, Applied]:
         """Fold in tx, audit foreign users, decide; returns each folded node's Applied.

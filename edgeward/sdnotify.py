@@ -32,7 +32,7 @@ class Notifier:
 
     def send(self, **fields: str | int) -> None:
         """send(READY=1, STATUS="serving") -> b"READY=1\\nSTATUS=serving"."""
-        if self._socket is None:
+        if self._socket is None or self._address is None:
             return
         payload = "\n".join(f"{key}={value}" for key, value in fields.items())
         # systemd gone or socket full: notification is best effort, serving is not

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,18 @@ def test_crash_between_commit_and_ack_then_replay_counts_exactly_once(
     finally:
         code = crashing.stop()
     assert code == -signal.SIGKILL
+    if storage_backend.name == "sqlite":
+        # The stream's batch was acked-to-be with its ledger row committed, folded later:
+        # the kill left it unfolded, and opening the file folds it.
+        conn = sqlite3.connect(database)
+        try:
+            left = conn.execute(
+                "SELECT b.folded, u.uplink_bytes FROM usage_batches b, users u"
+                " WHERE u.user_id = 'alice'"
+            ).fetchall()
+        finally:
+            conn.close()
+        assert left == [(0, 0)]
     committed = asyncio.run(usage_totals())
     assert committed == ((150, 5), (150, 5))  # the commit happened; only the ack was lost
 

@@ -172,6 +172,8 @@ def test_central_refuses_a_malformed_batch_on_the_stream_and_stores_nothing(
         ):
             await node.handshake("node-a")
             acked = await node.usage([delta(1, "alice", 5, 5)])
+            # A read sees what was acked (on SQLite it folds the deferred batch first).
+            counted = await storage.get_user("alice")
             before = await storage_backend.dump(skip=("node_links",))
             bad = encode_usage([delta(2, "alice", 7, 7), delta(3, "alice", 9, 9)])
             bad.seqs = i64(3, 2)
@@ -180,10 +182,11 @@ def test_central_refuses_a_malformed_batch_on_the_stream_and_stores_nothing(
         after = await storage_backend.dump(skip=("node_links",))
         user = await storage.get_user("alice")
         await storage.close()
-        return acked, before, after, refusal, status, user
+        return acked, counted, before, after, refusal, status, user
 
-    acked, before, after, refusal, status, user = asyncio.run(main())
+    acked, counted, before, after, refusal, status, user = asyncio.run(main())
     assert acked == 1
+    assert (counted.uplink_bytes, counted.downlink_bytes) == (5, 5)
     assert status.status == Status.INVALID_ARGUMENT
     assert refusal.message == "usage delta seqs must strictly increase in a batch (2 after 3)"
     assert before == after

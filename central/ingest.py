@@ -73,25 +73,32 @@ def aggregate(
     counted=0 and adds to nothing: a node cannot charge another node's users.
     """
     result = Aggregate()
-    ledger_rows = result.ledger if ledger else None
-    hourly = result.hourly
-    per_user = result.per_user
-    node_up = node_down = 0
-    for seq, user_id, engine, epoch, up, down, at in deltas:
-        engine = int(engine)
-        counted = user_id in countable_users
-        if ledger_rows is not None:
-            ledger_rows.append((node_id, seq, user_id, engine, epoch, up, down, at, int(counted)))
-        if not counted:
-            result.rejected_users.add(user_id)
-            continue
+    if ledger:
+        result.ledger = [
+            (node_id, seq, user_id, int(engine), epoch, up, down, at,
+             int(user_id in countable_users))
+            for seq, user_id, engine, epoch, up, down, at in deltas
+        ]  # fmt: skip
+    # Sums per (user, engine, hour) first, one dict lookup per delta; users, the node
+    # and foreign users follow from those keys (far fewer than deltas).
+    by_hour: dict[tuple[str, int, int], list[int]] = {}
+    get = by_hour.get
+    for _, user_id, engine, _, up, down, at in deltas:
         key = (user_id, engine, at - at % HOUR_MS)
-        sums = hourly.get(key)
+        sums = get(key)
         if sums is None:
-            hourly[key] = [up, down]
+            by_hour[key] = [up, down]
         else:
             sums[0] += up
             sums[1] += down
+    hourly = result.hourly
+    per_user = result.per_user
+    node_up = node_down = 0
+    for (user_id, engine, hour), (up, down) in by_hour.items():
+        if user_id not in countable_users:
+            result.rejected_users.add(user_id)
+            continue
+        hourly[(user_id, int(engine), hour)] = [up, down]
         sums = per_user.get(user_id)
         if sums is None:
             per_user[user_id] = [up, down]

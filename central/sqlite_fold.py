@@ -45,17 +45,21 @@ FOLD_DELAY_S = 0.05
 KEEP_DECODED = 1000
 
 
-def _ledger(
+def _ledger_many(
     conn: Any,
     node_id: str,
-    deltas: Sequence[UsageDelta],
+    batches: Sequence[tuple[Sequence[UsageDelta], bytes | None]],
     at: int,
-    payload: bytes | None,
     defer: bool,
-) -> tuple[int, list[UsageDelta], bool]:
-    """ledger_usage, and whether the batch must be folded in its transaction."""
-    acked, fresh = ledger_usage(conn, node_id, deltas, at, payload)
-    return acked, fresh, bool(fresh) and (not defer or needs_fold_now(conn, node_id, fresh))
+) -> list[tuple[int, list[UsageDelta], bool]]:
+    """ledger_usage of each batch in order, and whether it must be folded in their
+    transaction."""
+    ledgered = []
+    for deltas, payload in batches:
+        acked, fresh = ledger_usage(conn, node_id, deltas, at, payload)
+        fold_now = bool(fresh) and (not defer or needs_fold_now(conn, node_id, fresh))
+        ledgered.append((acked, fresh, fold_now))
+    return ledgered
 
 
 class FoldMixin:
@@ -96,23 +100,38 @@ class FoldMixin:
         audited by that fold, not returned here). payload: the deltas'
         v1.UsageBatch bytes as received (stored without encoding them again).
         """
-        check_batch(deltas)
+        (result,) = await self.ingest_many(node_id, [(deltas, payload)], at_ms, defer=defer)
+        return result
+
+    async def ingest_many(
+        self,
+        node_id: str,
+        batches: Sequence[tuple[Sequence[UsageDelta], bytes | None]],
+        at_ms: int | None = None,
+        *,
+        defer: bool = False,
+    ) -> list[IngestResult]:
+        """ingest() of a node's consecutive batches in one transaction (one commit and
+        one sync for batches that arrived together); one result per batch, in order.
+        Lease grants, if any, come with the last result (sent after the last Ack:
+        a grant must follow the Ack of the usage it is based on)."""
+        for deltas, _ in batches:
+            check_batch(deltas)
         at = at_ms if at_ms is not None else now_ms()
         keep = self._decoded_batches()
+        kept: list[tuple[str, int]] = []
         async with self._write(fold_first=False) as tx:
-            acked, fresh, fold_now = await run_sync(
-                tx.db, _ledger, node_id, deltas, at, payload, defer
-            )
-            if not fresh:
-                return IngestResult(acked, 0, len(deltas), set(), [])
-            key = (node_id, fresh[-1][0])
-            if len(keep) < KEEP_DECODED:
-                keep[key] = fresh  # taken by the fold (dropped if this rolls back)
+            ledgered = await run_sync(tx.db, _ledger_many, node_id, batches, at, defer)
+            for _, fresh, _ in ledgered:
+                if fresh and len(keep) < KEEP_DECODED:
+                    key = (node_id, fresh[-1][0])
+                    keep[key] = fresh  # taken by the fold (dropped if this rolls back)
+                    kept.append(key)
+            fold_now = any(now for _, _, now in ledgered)
+            rejected: set[str] = set()
+            leases: list[v1.Lease] = []
             try:
-                if not fold_now:
-                    leases: list[v1.Lease] = []
-                    rejected: set[str] = set()
-                else:
+                if fold_now:
                     folded = await self._fold_pending(tx, at)
                     mine = folded[node_id]
                     assert mine.agg is not None
@@ -123,11 +142,20 @@ class FoldMixin:
                     ]  # fmt: skip
                     leases = await self._grant_after_fold(tx, node_id, limited, at)
             except BaseException:
-                keep.pop(key, None)
+                for key in kept:
+                    keep.pop(key, None)
                 raise
-        if not fold_now:
+        if any(fresh for _, fresh, _ in ledgered) and not fold_now:
             self._fold_soon()
-        return IngestResult(acked, len(fresh), len(deltas) - len(fresh), rejected, leases)
+        results = [
+            IngestResult(
+                acked, len(fresh), len(deltas) - len(fresh),
+                {delta[1] for delta in fresh} & rejected if rejected else set(), [],
+            )
+            for (acked, fresh, _), (deltas, _) in zip(ledgered, batches, strict=True)
+        ]  # fmt: skip
+        results[-1].leases.extend(leases)
+        return results
 
     def _decoded_batches(self) -> dict[tuple[str, int], list[UsageDelta]]:
         try:

@@ -313,6 +313,20 @@ class IngestMixin:
                 leases,
             )
 
+    async def ingest_many(
+        self,
+        node_id: str,
+        batches: Sequence[tuple[Sequence[UsageDelta], bytes | None]],
+        at_ms: int | None = None,
+        *,
+        defer: bool = False,
+    ) -> list[IngestResult]:
+        """ingest() of each batch in order (see FoldMixin.ingest_many)."""
+        return [
+            await self.ingest(node_id, deltas, at_ms, defer=defer, payload=payload)
+            for deltas, payload in batches
+        ]
+
     async def _report_usage(self, tx: Any, node_id: str, applied: Applied, at: int) -> None:
         """Log usage of users no longer assigned (counted); log and audit usage of
         foreign users (not counted)."""

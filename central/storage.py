@@ -71,6 +71,14 @@ class Storage(Protocol):
         defer: bool = False,
         payload: bytes | None = None,
     ) -> IngestResult: ...
+    async def ingest_many(
+        self,
+        node_id: str,
+        batches: Sequence[tuple[Sequence[UsageDelta], bytes | None]],
+        at_ms: int | None = None,
+        *,
+        defer: bool = False,
+    ) -> list[IngestResult]: ...
     async def record_local_decisions(
         self, node_id: str, decisions: Sequence[v1.LocalDecision]
     ) -> None: ...

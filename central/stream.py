@@ -29,7 +29,7 @@ from grpclib.exceptions import GRPCError
 
 from edgeward import __version__
 from edgeward.proto import v1
-from edgeward.proto.usage_codec import decode_usage
+from edgeward.proto.usage_codec import UsageDelta, decode_usage
 
 from .errors import NodeRefused
 from .identity import ENROLL_PATH, STREAM_PATH, current_node
@@ -40,6 +40,12 @@ from .records import now_ms
 from .storage import Storage
 
 log = logging.getLogger("edgeward.central.stream")
+
+
+def _usage_of(message: v1.NodeMessage) -> v1.UsageBatch | None:
+    kind, body = betterproto2.which_one_of(message, "kind")
+    return body if kind == "usage" else None
+
 
 # Messages read ahead of processing: bounds memory; HTTP/2 flow control does the rest.
 READ_AHEAD = 8
@@ -240,11 +246,28 @@ class NodeSession:
             self.inbox.put_nowait(("end", e))
 
     async def process(self) -> None:
+        carried: tuple[str, Any] | None = None  # taken from the inbox, not yet handled
         while True:
-            what, item = await self.inbox.get()
+            what, item = carried or await self.inbox.get()
+            carried = None
             if what == "message":
                 self.read_credit.release()
-                await self.on_message(item)
+                usage = _usage_of(item)
+                if usage is None:
+                    await self.on_message(item)
+                    continue
+                # Usage batches already waiting are committed together (one sync).
+                batches = [usage]
+                while len(batches) < READ_AHEAD and not self.inbox.empty():
+                    carried = self.inbox.get_nowait()
+                    usage = _usage_of(carried[1]) if carried[0] == "message" else None
+                    if usage is None:
+                        break
+                    self.read_credit.release()
+                    batches.append(usage)
+                    carried = None
+                self.service.links.seen(self.node_id)
+                await self.on_usage(batches)
             elif what == "event":
                 await self.on_change(item)
             elif what == "stop":
@@ -262,7 +285,7 @@ class NodeSession:
         kind, body = which
         self.service.links.seen(self.node_id)
         if kind == "usage":
-            await self.on_usage(body)
+            await self.on_usage([body])
         elif kind == "heartbeat":
             self.service.links.journal_head(self.node_id, body.journal_head_seq)
             await self.send(heartbeat=v1.Heartbeat(sent_at_ms=now_ms()))
@@ -280,20 +303,29 @@ class NodeSession:
         elif kind == "hello":
             raise Refusal(Status.FAILED_PRECONDITION, "hello may only be sent once")
 
-    async def on_usage(self, batch: v1.UsageBatch) -> None:
-        try:
+    async def on_usage(self, batches: list[v1.UsageBatch]) -> None:
+        """Commit the batches, then ack each. A malformed batch is refused after the
+        ones before it are committed and acked."""
+        decoded: list[tuple[list[UsageDelta], bytes | None]] = []
+        refusal = None
+        for batch in batches:
+            try:
+                decoded.append((decode_usage(batch), bytes(batch)))
+            except InvalidBatch as e:
+                refusal = Refusal(Status.INVALID_ARGUMENT, str(e))
+                break
+        if decoded:
             # Folding into totals may follow the commit (sqlite_fold.py); the payload
             # is stored as received.
-            result = await self.storage.ingest(
-                self.node_id, decode_usage(batch), defer=True, payload=bytes(batch)
-            )
-        except InvalidBatch as e:
-            raise Refusal(Status.INVALID_ARGUMENT, str(e)) from None
-        # Only now is the batch durable: acknowledge it, then the leases based on it.
-        self.service.links.acked(self.node_id, result.acked_seq)  # committed: shown at once
-        await self.send(ack=v1.Ack(acked_seq=result.acked_seq))
-        if result.leases:
-            await self.send(leases=v1.LeaseGrant(leases=result.leases))
+            results = await self.storage.ingest_many(self.node_id, decoded, defer=True)
+            # Only now are the batches durable: acknowledge them, then the leases.
+            for result in results:
+                self.service.links.acked(self.node_id, result.acked_seq)  # shown at once
+                await self.send(ack=v1.Ack(acked_seq=result.acked_seq))
+                if result.leases:
+                    await self.send(leases=v1.LeaseGrant(leases=result.leases))
+        if refusal is not None:
+            raise refusal
 
     async def on_change(self, event: NodeEvent) -> None:
         if event.commands:

@@ -20,13 +20,13 @@ from edgeward.central.storage import SqliteStorage
 
 def die_after_commit() -> None:
     for storage_class in (SqliteStorage, PgStorage):
-        committed_ingest = storage_class.ingest
+        committed_ingest = storage_class.ingest_many  # what the node stream calls
 
         async def ingest_then_die(self, *args, committed_ingest=committed_ingest, **kwargs):
             await committed_ingest(self, *args, **kwargs)
             os.kill(os.getpid(), signal.SIGKILL)
 
-        storage_class.ingest = ingest_then_die
+        storage_class.ingest_many = ingest_then_die
 
 
 async def main(config_path: Path) -> None:

@@ -9,13 +9,13 @@ user x engine x hour and per node, whatever the number of deltas.
 from __future__ import annotations
 
 import operator
-from collections.abc import Container, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import NamedTuple
 
 from edgeward.proto import v1
-from edgeward.proto.usage_codec import InvalidUsageBatch, UsageDelta
+from edgeward.proto.usage_codec import InvalidUsageBatch, UsageColumns, UsageDelta, user_rows
 
 from .decide import UserLimits
 
@@ -29,7 +29,7 @@ def check_batch(deltas: Sequence[UsageDelta]) -> None:
     """The seq rules storage relies on (decode_usage checks them too, and more)."""
     if not deltas:
         return
-    seqs = [delta[0] for delta in deltas]
+    seqs = deltas.seqs if isinstance(deltas, UsageColumns) else [delta[0] for delta in deltas]
     if seqs[0] < 1:
         raise InvalidBatch("usage delta seq must be >= 1")
     if not all(map(operator.lt, seqs, islice(seqs, 1, None))):
@@ -72,25 +72,34 @@ def aggregate(
     A delta of a user never assigned to this node is kept in the ledger with
     counted=0 and adds to nothing: a node cannot charge another node's users.
     """
-    result = Aggregate()
+    result = aggregate_batches([deltas], countable_users)
     if ledger:
         result.ledger = [
             (node_id, seq, user_id, int(engine), epoch, up, down, at,
              int(user_id in countable_users))
             for seq, user_id, engine, epoch, up, down, at in deltas
         ]  # fmt: skip
+    return result
+
+
+def aggregate_batches(
+    batches: Iterable[Sequence[UsageDelta]], countable_users: Container[str]
+) -> Aggregate:
+    """aggregate(ledger=False) of several batches at once (UsageColumns read as columns)."""
+    result = Aggregate()
     # Sums per (user, engine, hour) first, one dict lookup per delta; users, the node
     # and foreign users follow from those keys (far fewer than deltas).
     by_hour: dict[tuple[str, int, int], list[int]] = {}
     get = by_hour.get
-    for _, user_id, engine, _, up, down, at in deltas:
-        key = (user_id, engine, at - at % HOUR_MS)
-        sums = get(key)
-        if sums is None:
-            by_hour[key] = [up, down]
-        else:
-            sums[0] += up
-            sums[1] += down
+    for deltas in batches:
+        for user_id, engine, up, down, at in user_rows(deltas):
+            key = (user_id, engine, at - at % HOUR_MS)
+            sums = get(key)
+            if sums is None:
+                by_hour[key] = [up, down]
+            else:
+                sums[0] += up
+                sums[1] += down
     hourly = result.hourly
     per_user = result.per_user
     node_up = node_down = 0

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from edgeward.proto import v1
-from edgeward.proto.usage_codec import UsageDelta
+from edgeward.proto.usage_codec import UsageDelta, batch_users
 
 from .ingest import Applied, check_batch
 from .records import IngestResult, Transaction, now_ms
@@ -51,15 +51,17 @@ def _ledger_many(
     batches: Sequence[tuple[Sequence[UsageDelta], bytes | None]],
     at: int,
     defer: bool,
-) -> list[tuple[int, list[UsageDelta], bool]]:
-    """ledger_usage of each batch in order, and whether it must be folded in their
-    transaction."""
-    ledgered = []
-    for deltas, payload in batches:
-        acked, fresh = ledger_usage(conn, node_id, deltas, at, payload)
-        fold_now = bool(fresh) and (not defer or needs_fold_now(conn, node_id, fresh))
-        ledgered.append((acked, fresh, fold_now))
-    return ledgered
+) -> tuple[list[tuple[int, Sequence[UsageDelta]]], bool]:
+    """ledger_usage of each batch in order, and whether they must be folded in their
+    transaction (one query for the group's users)."""
+    ledgered = [ledger_usage(conn, node_id, deltas, at, payload) for deltas, payload in batches]
+    fresh = [rows for _, rows in ledgered if rows]
+    if not fresh:
+        return ledgered, False
+    if not defer:
+        return ledgered, True
+    users = set().union(*map(batch_users, fresh)) if len(fresh) > 1 else batch_users(fresh[0])
+    return ledgered, needs_fold_now(conn, node_id, users)
 
 
 class FoldMixin:
@@ -70,7 +72,7 @@ class FoldMixin:
     _fold_task: asyncio.Task | None = None
     _fold_wanted = False
     _unfolded = False  # a deferred batch may be unfolded
-    _decoded: dict[tuple[str, int], list[UsageDelta]]
+    _decoded: dict[tuple[str, int], Sequence[UsageDelta]]
 
     @classmethod
     async def open(cls, path: str | Path, **options: Any) -> Self:
@@ -121,13 +123,12 @@ class FoldMixin:
         keep = self._decoded_batches()
         kept: list[tuple[str, int]] = []
         async with self._write(fold_first=False) as tx:
-            ledgered = await run_sync(tx.db, _ledger_many, node_id, batches, at, defer)
-            for _, fresh, _ in ledgered:
+            ledgered, fold_now = await run_sync(tx.db, _ledger_many, node_id, batches, at, defer)
+            for _, fresh in ledgered:
                 if fresh and len(keep) < KEEP_DECODED:
                     key = (node_id, fresh[-1][0])
                     keep[key] = fresh  # taken by the fold (dropped if this rolls back)
                     kept.append(key)
-            fold_now = any(now for _, _, now in ledgered)
             rejected: set[str] = set()
             leases: list[v1.Lease] = []
             try:
@@ -145,19 +146,19 @@ class FoldMixin:
                 for key in kept:
                     keep.pop(key, None)
                 raise
-        if any(fresh for _, fresh, _ in ledgered) and not fold_now:
+        if any(fresh for _, fresh in ledgered) and not fold_now:
             self._fold_soon()
         results = [
             IngestResult(
                 acked, len(fresh), len(deltas) - len(fresh),
-                {delta[1] for delta in fresh} & rejected if rejected else set(), [],
+                batch_users(fresh) & rejected if rejected else set(), [],
             )
-            for (acked, fresh, _), (deltas, _) in zip(ledgered, batches, strict=True)
+            for (acked, fresh), (deltas, _) in zip(ledgered, batches, strict=True)
         ]  # fmt: skip
         results[-1].leases.extend(leases)
         return results
 
-    def _decoded_batches(self) -> dict[tuple[str, int], list[UsageDelta]]:
+    def _decoded_batches(self) -> dict[tuple[str, int], Sequence[UsageDelta]]:
         try:
             return self._decoded
         except AttributeError:

@@ -6,7 +6,7 @@ the commit (ledger_usage). Folding adds ledgered batches to the rollups,
 totals and lease use (fold_batches): in the same transaction (apply_usage),
 or later for many batches at once (sqlite_fold.py). Both are plain functions
 over a sqlite3 connection, run in one hop on the storage thread: one
-executemany per table, rows summed in Python first (ingest.aggregate).
+executemany per table, rows summed in Python first (ingest.aggregate_batches).
 """
 
 from __future__ import annotations
@@ -14,14 +14,20 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from edgeward.proto import v1
-from edgeward.proto.usage_codec import UsageDelta, decode_usage, encode_usage
+from edgeward.proto.usage_codec import (
+    UsageColumns,
+    UsageDelta,
+    batch_users,
+    decode_columns,
+    encode_usage,
+)
 
-from .ingest import Applied, CountableUser, aggregate, applied, check_batch
+from .ingest import Applied, CountableUser, aggregate_batches, applied, check_batch
 from .records import IngestResult, now_ms
 from .sqlite_core import run_sync
 
@@ -103,8 +109,8 @@ def encode_payload(deltas: Sequence[UsageDelta]) -> bytes:
     return bytes(encode_usage(deltas))
 
 
-def decode_payload(payload: bytes) -> list[UsageDelta]:
-    return decode_usage(v1.UsageBatch.parse(payload))
+def decode_payload(payload: bytes) -> UsageColumns:
+    return decode_columns(v1.UsageBatch.parse(payload))
 
 
 def seen_seqs(conn: sqlite3.Connection, node_id: str, first: int, last: int) -> set[int]:
@@ -121,7 +127,7 @@ def ledger_usage(
     deltas: Sequence[UsageDelta],
     at: int,
     payload: bytes | None = None,
-) -> tuple[int, list[UsageDelta]]:
+) -> tuple[int, Sequence[UsageDelta]]:
     """Put the deltas not yet in the ledger into it, as one unfolded batch, and raise
     the node's acked_seq; returns (acked_seq, fresh deltas). Rollups and totals
     follow in fold_batches.
@@ -138,7 +144,7 @@ def ledger_usage(
     acked, floor = row
     if not deltas:
         return acked, []
-    fresh = list(deltas)
+    fresh: Sequence[UsageDelta] = deltas
     first, last = deltas[0][0], deltas[-1][0]
     if first <= acked:  # floor <= acked: a batch past acked is wholly fresh
         seen = seen_seqs(conn, node_id, first, last)
@@ -152,15 +158,15 @@ def ledger_usage(
     return new_acked, fresh
 
 
-def needs_fold_now(conn: sqlite3.Connection, node_id: str, deltas: Sequence[UsageDelta]) -> bool:
-    """Whether a user of the deltas has a data limit or holds a lease on the node: their
+def needs_fold_now(conn: sqlite3.Connection, node_id: str, user_ids: Iterable[str]) -> bool:
+    """Whether one of the users has a data limit or holds a lease on the node: their
     quota decisions and lease grants must follow the batch's ack (not a later fold)."""
-    users = json.dumps(list({delta[1]: None for delta in deltas}))
+    users = json.dumps(list(user_ids))
     return conn.execute(SELECT_LIMITED_OR_LEASED, (users, node_id, users)).fetchone() is not None
 
 
 def fold_batches(
-    conn: sqlite3.Connection, decoded: dict[tuple[str, int], list[UsageDelta]] | None = None
+    conn: sqlite3.Connection, decoded: dict[tuple[str, int], Sequence[UsageDelta]] | None = None
 ) -> dict[str, Applied]:
     """Add every unfolded ledger batch to the rollups, totals and lease use, node by
     node, and mark them folded; returns each node's Applied (acked_seq unused: 0).
@@ -173,7 +179,7 @@ def fold_batches(
     it); a batch not there is decoded from its stored payload.
     """
     decoded = decoded if decoded is not None else {}
-    by_node: dict[str, list[tuple[int, list[UsageDelta]]]] = {}
+    by_node: dict[str, list[tuple[int, Sequence[UsageDelta]]]] = {}
     for node_id, last_seq in conn.execute(SELECT_UNFOLDED).fetchall():
         rows = decoded.pop((node_id, last_seq), None)
         if rows is None:
@@ -182,12 +188,12 @@ def fold_batches(
         by_node.setdefault(node_id, []).append((last_seq, rows))
     folded = {}
     for node_id, batches in by_node.items():
-        deltas = [delta for _, rows in batches for delta in rows]
-        users = json.dumps(list({delta[1]: None for delta in deltas}))
+        users_of = [batch_users(rows) for _, rows in batches]
+        users = json.dumps(list(set().union(*users_of)))
         countable = [
             CountableUser(*row) for row in conn.execute(SELECT_COUNTABLE_USERS, (users, node_id))
         ]
-        agg = aggregate(node_id, deltas, {user.user_id for user in countable}, ledger=False)
+        agg = aggregate_batches([rows for _, rows in batches], {user.user_id for user in countable})
         conn.executemany(ADD_HOURLY, agg.hourly_rows(node_id))
         user_rows = agg.user_rows()
         conn.executemany(ADD_USER_TOTALS, user_rows)
@@ -202,12 +208,11 @@ def fold_batches(
         conn.executemany(
             MARK_FOLDED,
             [
-                (json.dumps(sorted({d[1] for d in rows} & rejected)) if rejected else "[]",
-                 node_id, last_seq)
-                for last_seq, rows in batches
+                (json.dumps(sorted(named & rejected)) if rejected else "[]", node_id, last_seq)
+                for (last_seq, _), named in zip(batches, users_of, strict=True)
             ],
         )  # fmt: skip
-        folded[node_id] = applied(0, len(deltas), agg, countable)
+        folded[node_id] = applied(0, sum(len(rows) for _, rows in batches), agg, countable)
     return folded
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import betterproto2
@@ -29,7 +29,7 @@ from grpclib.exceptions import GRPCError
 
 from edgeward import __version__
 from edgeward.proto import v1
-from edgeward.proto.usage_codec import UsageDelta, decode_usage
+from edgeward.proto.usage_codec import UsageDelta, decode_columns
 
 from .errors import NodeRefused
 from .identity import ENROLL_PATH, STREAM_PATH, current_node
@@ -306,11 +306,11 @@ class NodeSession:
     async def on_usage(self, batches: list[v1.UsageBatch]) -> None:
         """Commit the batches, then ack each. A malformed batch is refused after the
         ones before it are committed and acked."""
-        decoded: list[tuple[list[UsageDelta], bytes | None]] = []
+        decoded: list[tuple[Sequence[UsageDelta], bytes | None]] = []
         refusal = None
         for batch in batches:
             try:
-                decoded.append((decode_usage(batch), bytes(batch)))
+                decoded.append((decode_columns(batch), bytes(batch)))
             except InvalidBatch as e:
                 refusal = Refusal(Status.INVALID_ARGUMENT, str(e))
                 break

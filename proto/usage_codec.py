@@ -16,9 +16,9 @@ import functools
 import operator
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 from edgeward.proto import v1
 
@@ -114,8 +114,91 @@ def encode_usage(deltas: Sequence[Any]) -> v1.UsageBatch:
 _new_delta = functools.partial(tuple.__new__, UsageDelta)
 
 
+class UsageColumns(Sequence[UsageDelta]):
+    """A decoded, validated batch kept as its columns: a sequence of UsageDelta built
+    only when read. Central's ingest reads the columns (no object per delta)."""
+
+    __slots__ = (
+        "downlink", "engines", "epoch_index", "epochs", "sampled_at", "seqs", "uplink",
+        "user_ids", "user_index",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        seqs: array,
+        user_index: array,
+        engines: array,
+        epoch_index: array,
+        uplink: array,
+        downlink: array,
+        sampled_at: array,
+        user_ids: list[str],
+        epochs: list[str],
+    ) -> None:
+        self.seqs, self.user_index, self.engines = seqs, user_index, engines
+        self.epoch_index, self.uplink, self.downlink = epoch_index, uplink, downlink
+        self.sampled_at, self.user_ids, self.epochs = sampled_at, user_ids, epochs
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __iter__(self) -> Iterator[UsageDelta]:
+        return map(
+            _new_delta,
+            zip(
+                self.seqs,
+                map(self.user_ids.__getitem__, self.user_index),
+                self.engines,
+                map(self.epochs.__getitem__, self.epoch_index),
+                self.uplink,
+                self.downlink,
+                self.sampled_at,
+                strict=True,
+            ),
+        )
+
+    @overload
+    def __getitem__(self, i: int) -> UsageDelta: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[UsageDelta]: ...
+    def __getitem__(self, i: int | slice) -> UsageDelta | list[UsageDelta]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        return UsageDelta(
+            self.seqs[i], self.user_ids[self.user_index[i]], self.engines[i],
+            self.epochs[self.epoch_index[i]], self.uplink[i], self.downlink[i],
+            self.sampled_at[i],
+        )  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"UsageColumns({list(self)!r})"
+
+    def users(self) -> set[str]:
+        """The user ids the deltas name."""
+        return {self.user_ids[i] for i in set(self.user_index)}
+
+    def user_rows(self) -> Iterator[tuple[str, int, int, int, int]]:
+        """(user_id, engine, uplink, downlink, sampled_at_ms) per delta."""
+        return zip(
+            map(self.user_ids.__getitem__, self.user_index),
+            self.engines, self.uplink, self.downlink, self.sampled_at, strict=True,
+        )  # fmt: skip
+
+
 def decode_usage(batch: v1.UsageBatch) -> list[UsageDelta]:
     """The deltas of a batch, validated. Raises InvalidUsageBatch when malformed."""
+    return list(decode_columns(batch))
+
+
+def decode_columns(batch: v1.UsageBatch) -> UsageColumns:
+    """decode_usage, the deltas kept as columns (see UsageColumns)."""
     count = batch.count
     if count > MAX_BATCH_DELTAS:
         raise InvalidUsageBatch(
@@ -129,13 +212,14 @@ def decode_usage(batch: v1.UsageBatch) -> list[UsageDelta]:
     downlink = _read(batch.downlink, _I64, count, "downlink")
     sampled_at = _read(batch.sampled_at_ms, _I64, count, "sampled_at_ms")
     if count == 0:
-        return []
+        return UsageColumns(seqs, user_index, engines, epoch_index, uplink, downlink,
+                            sampled_at, [], [])  # fmt: skip
     _check_values(seqs, uplink, downlink, sampled_at)
     try:
         user_ids = batch.user_ids.decode().split("\n")
     except UnicodeDecodeError:
         raise InvalidUsageBatch("usage batch user id table is not UTF-8") from None
-    epochs = batch.epochs
+    epochs = list(batch.epochs)
     if max(user_index) >= len(user_ids):
         raise InvalidUsageBatch(
             f"usage batch user index {max(user_index)} is outside its table of {len(user_ids)}"
@@ -149,21 +233,26 @@ def decode_usage(batch: v1.UsageBatch) -> list[UsageDelta]:
     bad_engines = set(engines) - _VALID_ENGINES
     if bad_engines:
         raise InvalidUsageBatch(f"usage batch has unknown engine number {min(bad_engines)}")
-    return list(
-        map(
-            _new_delta,
-            zip(
-                seqs,
-                map(user_ids.__getitem__, user_index),
-                engines,
-                map(epochs.__getitem__, epoch_index),
-                uplink,
-                downlink,
-                sampled_at,
-                strict=True,
-            ),
-        )
+    return UsageColumns(
+        seqs, user_index, engines, epoch_index, uplink, downlink, sampled_at, user_ids, epochs
     )
+
+
+def batch_users(deltas: Sequence[UsageDelta]) -> set[str]:
+    """The user ids a batch's deltas name (UsageColumns or rows)."""
+    if isinstance(deltas, UsageColumns):
+        return deltas.users()
+    return {delta[1] for delta in deltas}
+
+
+def user_rows(deltas: Sequence[UsageDelta]) -> Iterator[tuple[str, int, int, int, int]]:
+    """(user_id, engine, uplink, downlink, sampled_at_ms) per delta (UsageColumns or rows)."""
+    if isinstance(deltas, UsageColumns):
+        return deltas.user_rows()
+    return map(_USER_ROW, deltas)
+
+
+_USER_ROW = operator.itemgetter(1, 2, 4, 5, 6)
 
 
 def _column(typecode: str, name: str, values: list[Any]) -> array:

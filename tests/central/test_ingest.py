@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
-from edgeward.central.ingest import HOUR_MS, InvalidBatch, aggregate, check_batch
+from edgeward.central.ingest import (
+    HOUR_MS,
+    InvalidBatch,
+    aggregate,
+    aggregate_batches,
+    check_batch,
+)
 from edgeward.central.storage import Storage
 from edgeward.proto import v1
-from edgeward.proto.usage_codec import UsageDelta
+from edgeward.proto.usage_codec import UsageDelta, decode_columns, encode_usage
 from tests.central.backends import StorageBackend
 from tests.central.helpers import PROXY_INBOUNDS, delta
 
@@ -160,3 +167,37 @@ def test_aggregate_is_pure_and_sums_per_user():
     assert (agg.node_uplink, agg.node_downlink) == (9, 12)
     assert agg.rejected_users == {"x"}
     assert [row[-1] for row in agg.ledger] == [1, 1, 1, 0]
+
+
+def test_aggregate_batches_of_columns_and_rows_sums_like_one_batch():
+    rng = random.Random(3)
+    rows = [
+        UsageDelta(
+            seq, rng.choice("abx"), rng.choice((1, 2)), "e", rng.randrange(100),
+            rng.randrange(100), rng.randrange(3 * HOUR_MS),
+        )
+        for seq in range(1, 301)
+    ]  # fmt: skip
+    as_columns = decode_columns(encode_usage(rows[:120]))
+    check_batch(as_columns)
+    together = aggregate("n", rows, {"a", "b"}, ledger=False)
+    split = aggregate_batches([as_columns, rows[120:]], {"a", "b"})
+    assert split.hourly == together.hourly and len(together.hourly) > 6
+    assert split.per_user == together.per_user
+    assert (split.node_uplink, split.node_downlink) == (
+        together.node_uplink, together.node_downlink,
+    )  # fmt: skip
+    assert split.rejected_users == together.rejected_users == {"x"}
+    # The sums agree with the rows summed by hand.
+    assert split.per_user["a"] == [
+        sum(r.uplink for r in rows if r.user_id == "a"),
+        sum(r.downlink for r in rows if r.user_id == "a"),
+    ]
+
+
+def test_check_batch_reads_the_seqs_of_columns():
+    bad = encode_usage([delta(1, "a"), delta(2, "a")])
+    columns = decode_columns(bad)
+    columns.seqs[1] = 1  # as if decoded without its checks
+    with pytest.raises(InvalidBatch, match=r"strictly increase in a batch \(1 after 1\)"):
+        check_batch(columns)

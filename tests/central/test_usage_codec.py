@@ -4,6 +4,7 @@ refused with a clear error (on the wire: refused by central with nothing stored)
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 from pathlib import Path
 
@@ -17,8 +18,11 @@ from edgeward.proto.usage_codec import (
     MAX_BATCH_DELTAS,
     InvalidUsageBatch,
     UsageDelta,
+    batch_users,
+    decode_columns,
     decode_usage,
     encode_usage,
+    user_rows,
 )
 from tests.central.backends import StorageBackend
 from tests.central.helpers import PROXY_INBOUNDS, delta, make_pki, node_stream
@@ -55,6 +59,25 @@ def test_agent_rows_round_trip_through_the_wire_with_their_own_seqs():
     assert decode_usage(wire(encode_usage(decoded))) == decoded
     with_enums = [d._replace(engine=v1.Engine(d.engine)) for d in decoded]
     assert bytes(encode_usage(with_enums)) == bytes(encode_usage(rows))
+
+
+def test_columns_read_as_the_same_deltas_by_index_slice_iteration_and_user():
+    rows = pending()
+    columns = decode_columns(wire(encode_usage(rows)))
+    deltas = decode_usage(wire(encode_usage(rows)))
+    assert len(columns) == 4
+    assert list(columns) == deltas and columns == deltas
+    assert [columns[i] for i in range(-4, 4)] == deltas + deltas
+    assert columns[1:3] == deltas[1:3]
+    with pytest.raises(IndexError):
+        columns[4]
+    assert batch_users(columns) == batch_users(deltas) == {"alice", "bob", "ünï@x"}
+    assert (
+        list(user_rows(columns))
+        == list(user_rows(deltas))
+        == [(d.user_id, d.engine, d.uplink, d.downlink, d.sampled_at_ms) for d in deltas]
+    )
+    assert decode_columns(wire(encode_usage([]))) == []
 
 
 def test_the_string_tables_hold_each_user_and_epoch_once():
@@ -154,6 +177,8 @@ def test_decode_refuses_a_malformed_batch_with_the_reason(case: str):
     with pytest.raises(InvalidUsageBatch) as caught:
         decode_usage(wire(batch))
     assert str(caught.value).startswith(error)
+    with pytest.raises(InvalidUsageBatch, match="^" + re.escape(error)):
+        decode_columns(wire(batch))
 
 
 def test_central_refuses_a_malformed_batch_on_the_stream_and_stores_nothing(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -128,6 +129,7 @@ def main() -> None:
             count_users_with_traffic_names(core_proc.api_port)
     finally:
         core_proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
     bare_t = statistics.median(bare_times)
     agent_t = statistics.median(agent_times)
     print(f"users: {args.users} ({'mixed' if args.mix else 'VLESS'}), rounds: {args.rounds}")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import shutil
 import socket
 import statistics
 import struct
@@ -250,6 +251,7 @@ def main() -> None:
             )
     finally:
         core_proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)  # the core's config and the journal
     bare_t = statistics.median(bare_times)
     rss, hwm = agent["rss"]  # type: ignore[misc]
     print(f"users: {args.users}, live user counters: {agent['counters']} (bare read {size})")

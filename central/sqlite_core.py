@@ -94,7 +94,10 @@ class SqliteCore:
                 events = await self._bump_revisions(tx) if tx.touched else []
                 await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                # SQLite ends the transaction itself on some errors (SQLITE_FULL, I/O
+                # errors): a ROLLBACK then would fail and hide the error.
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
                 raise
             # Published under the lock: a reader never sees a revision before its event.
             for event in events:

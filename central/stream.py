@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
+import asyncpg
 import betterproto2
 import grpclib.const
 import grpclib.server
@@ -46,6 +48,10 @@ def _usage_of(message: v1.NodeMessage) -> v1.UsageBatch | None:
     kind, body = betterproto2.which_one_of(message, "kind")
     return body if kind == "usage" else None
 
+
+# Failures of the database under a batch (disk full, I/O error, PostgreSQL gone):
+# the batch is refused unacknowledged, the node replays it.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError, OSError)
 
 # Messages read ahead of processing: bounds memory; HTTP/2 flow control does the rest.
 READ_AHEAD = 8
@@ -317,7 +323,22 @@ class NodeSession:
         if decoded:
             # Folding into totals may follow the commit (sqlite_fold.py); the payload
             # is stored as received.
-            results = await self.storage.ingest_many(self.node_id, decoded, defer=True)
+            try:
+                results = await self.storage.ingest_many(self.node_id, decoded, defer=True)
+            except STORAGE_ERRORS as e:
+                # Nothing was committed (the transaction rolled back) and nothing is
+                # acked: the node keeps the batches and sends them again.
+                ends = [rows[i][0] for rows, _ in decoded if rows for i in (0, -1)]
+                seqs = f"{min(ends)}-{max(ends)}" if ends else "(none)"
+                log.error(
+                    "node %s: usage seqs %s not stored: %s: %s",
+                    self.node_id, seqs, type(e).__name__, e,
+                )  # fmt: skip
+                raise Refusal(
+                    Status.UNAVAILABLE,
+                    f"central could not store usage seqs {seqs} ({e});"
+                    " nothing was acknowledged: send them again later",
+                ) from None
             # Only now are the batches durable: acknowledge them, then the leases.
             for result in results:
                 self.service.links.acked(self.node_id, result.acked_seq)  # shown at once

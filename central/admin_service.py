@@ -33,7 +33,7 @@ from edgeward.proto import v1
 from . import explain, link_store, links_for_user
 from .admin_convert import inbound_from_proto, node_to_proto, plan_to_proto, user_to_proto
 from .admin_records import ImportRow
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import STORAGE_ERRORS, Conflict, InvalidInput, NotFound
 from .node_links import NodeLinkState
 from .records import now_ms
 
@@ -93,6 +93,12 @@ def requires(role: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[...,
                 raise GRPCError(Status.NOT_FOUND, str(e)) from None
             except Conflict as e:
                 raise GRPCError(Status.ALREADY_EXISTS, str(e)) from None
+            except STORAGE_ERRORS as e:
+                log.error("%s by %s failed in storage: %s", method.__name__, caller.name, e)
+                raise GRPCError(
+                    Status.UNAVAILABLE,
+                    f"central's storage failed ({e}): the call did not complete, try again later",
+                ) from None
 
         return call
 

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import asyncpg
+
+# Failures of the database under a request (disk full, I/O error, PostgreSQL gone):
+# what was asked is not done and nothing is changed; asking again later may work.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+)  # fmt: skip
+
 
 class CentralError(Exception):
     """Base of every error central reports to an admin or a node."""

@@ -18,11 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
-import asyncpg
 import betterproto2
 import grpclib.const
 import grpclib.server
@@ -33,7 +31,7 @@ from edgeward import __version__
 from edgeward.proto import v1
 from edgeward.proto.usage_codec import UsageDelta, decode_columns
 
-from .errors import NodeRefused
+from .errors import STORAGE_ERRORS, NodeRefused
 from .identity import ENROLL_PATH, STREAM_PATH, current_node
 from .ingest import InvalidBatch
 from .node_links import NodeLinks
@@ -48,10 +46,6 @@ def _usage_of(message: v1.NodeMessage) -> v1.UsageBatch | None:
     kind, body = betterproto2.which_one_of(message, "kind")
     return body if kind == "usage" else None
 
-
-# Failures of the database under a batch (disk full, I/O error, PostgreSQL gone):
-# the batch is refused unacknowledged, the node replays it.
-STORAGE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, asyncpg.PostgresError, OSError)
 
 # Messages read ahead of processing: bounds memory; HTTP/2 flow control does the rest.
 READ_AHEAD = 8

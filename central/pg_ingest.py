@@ -42,6 +42,10 @@ ADD_HOURLY = (
     " uplink_bytes = usage_hourly.uplink_bytes + excluded.uplink_bytes,"
     " downlink_bytes = usage_hourly.downlink_bytes + excluded.downlink_bytes"
 )
+# Row locks on the batch's users in one order (user_id) before the totals UPDATE,
+# whose own lock order follows its plan: two nodes' batches sharing users through
+# two replicas would otherwise deadlock.
+LOCK_USERS = "SELECT 1 FROM users WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE"
 ADD_USER_TOTALS = (
     "UPDATE users SET uplink_bytes = users.uplink_bytes + t.up,"
     " downlink_bytes = users.downlink_bytes + t.down,"
@@ -96,6 +100,7 @@ async def apply_usage(conn: Any, node_id: str, deltas: Sequence[UsageDelta], at:
             [s[0] for s in sums],
             [s[1] for s in sums],
         )
+        await conn.execute(LOCK_USERS, list(agg.per_user))
         quota_after = dict(
             await conn.fetch(
                 ADD_USER_TOTALS,

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
+
 from edgeward.central.errors import Conflict
 from edgeward.central.notify import NodeEvent
 from edgeward.central.pg_storage import PgStorage
-from tests.central.helpers import PROXY_INBOUNDS
+from tests.central.helpers import PROXY_INBOUNDS, delta
 
 NOW = 1_800_000_000_000
 USERS = 50
@@ -101,3 +103,45 @@ def test_leases_granted_through_two_replicas_at_once_never_exceed_what_remains(
     held = asyncio.run(main())
     assert all(sum(by_node.values()) == 1300 for by_node in held), held[:3]
     assert all(by_node["node-c"] == 1000 for by_node in held)
+
+
+def test_two_nodes_reporting_the_same_users_through_two_replicas_never_deadlock(
+    postgres_dsn: str,
+):
+    """Each node lists its users in its own order. With the plan a large users table
+    gets (an index nested loop, forced here), an UPDATE locks rows in the order it is
+    given them: two orders would deadlock unless the rows are locked in one order."""
+    users = [f"u{i:03}" for i in range(200)]
+
+    async def main():
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            database = await conn.fetchval("SELECT current_database()")
+            for setting in ("enable_hashjoin", "enable_mergejoin", "enable_seqscan"):
+                await conn.execute(f'ALTER DATABASE "{database}" SET {setting} = off')
+        finally:
+            await conn.close()
+        first = await PgStorage.open(postgres_dsn)
+        second = await PgStorage.open(postgres_dsn)
+        try:
+            for node_id in ("node-a", "node-b"):
+                await first.add_node(node_id, PROXY_INBOUNDS, actor="t")
+            for user_id in users:
+                await first.create_user(user_id, actor="t", node_ids=["node-a", "node-b"])
+
+            async def report(storage: PgStorage, node_id: str, order: list[str]) -> None:
+                for round_ in range(15):
+                    start = round_ * len(order) + 1
+                    batch = [delta(start + i, u, 1, 2) for i, u in enumerate(order)]
+                    await storage.ingest(node_id, batch)
+
+            await asyncio.gather(
+                report(first, "node-a", users), report(second, "node-b", users[::-1])
+            )
+            totals = {(u.uplink_bytes, u.downlink_bytes) for u in await first.list_users()}
+        finally:
+            await first.close()
+            await second.close()
+        return totals
+
+    assert asyncio.run(main()) == {(2 * 15, 2 * 2 * 15)}

@@ -234,3 +234,34 @@ def test_concurrent_deferred_batches_from_two_nodes_with_reads_between_count_exa
     assert seen == sorted(seen)  # totals only grow, read by read
     assert {u: [v.uplink_bytes, v.downlink_bytes] for u, v in users.items()} == expected
     assert set(folded_flags(database)) == {1}
+
+
+def test_a_fold_the_disk_refuses_leaves_the_batch_unfolded_and_is_retried(tmp_path: Path):
+    database = tmp_path / "c.sqlite"
+    users = {f"user-{i}": None for i in range(500)}
+
+    async def main():
+        storage = await open_with_users(database, **users)
+        batch = [delta(seq, f"user-{seq - 1}", 1, 2) for seq in range(1, 501)]
+        await storage.ingest("node-a", batch, defer=True)
+        storage._fold_task.cancel()  # the fold runs below, at the read
+        (pages,) = await storage._db.execute_fetchall("PRAGMA page_count")
+        await storage._db.execute(f"PRAGMA max_page_count = {pages[0]}")
+        try:
+            await storage.get_user("user-7")
+        except sqlite3.OperationalError as e:
+            refused = str(e)
+        left = (folded_flags(database), user_bytes(database, "user-7"))
+        await storage._db.execute("PRAGMA max_page_count = 1073741823")
+        user = await storage.get_user("user-7")
+        node = await storage.node_usage("node-a")
+        await storage.close()
+        return refused, left, user, node
+
+    refused, left, user, node = asyncio.run(main())
+    # The read fails with the reason; the batch stays acked and whole in the ledger.
+    assert refused == "database or disk is full"
+    assert left == ([0], (0, 0))
+    assert (user.uplink_bytes, user.downlink_bytes) == (1, 2)
+    assert node == (500, 1000)
+    assert folded_flags(database) == [1]

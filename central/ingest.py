@@ -15,7 +15,7 @@ from itertools import islice
 from typing import NamedTuple
 
 from edgeward.proto import v1
-from edgeward.proto.usage_codec import InvalidUsageBatch, UsageColumns, UsageDelta, user_rows
+from edgeward.proto.usage_codec import InvalidUsageBatch, UsageDelta, batch_seqs, user_rows
 
 from .decide import UserLimits
 
@@ -29,7 +29,7 @@ def check_batch(deltas: Sequence[UsageDelta]) -> None:
     """The seq rules storage relies on (decode_usage checks them too, and more)."""
     if not deltas:
         return
-    seqs = deltas.seqs if isinstance(deltas, UsageColumns) else [delta[0] for delta in deltas]
+    seqs = batch_seqs(deltas)
     if seqs[0] < 1:
         raise InvalidBatch("usage delta seq must be >= 1")
     if not all(map(operator.lt, seqs, islice(seqs, 1, None))):

@@ -60,8 +60,7 @@ def _ledger_many(
         return ledgered, False
     if not defer:
         return ledgered, True
-    users = set().union(*map(batch_users, fresh)) if len(fresh) > 1 else batch_users(fresh[0])
-    return ledgered, needs_fold_now(conn, node_id, users)
+    return ledgered, needs_fold_now(conn, node_id, set().union(*map(batch_users, fresh)))
 
 
 class FoldMixin:

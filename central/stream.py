@@ -41,18 +41,18 @@ from .storage import Storage
 
 log = logging.getLogger("edgeward.central.stream")
 
-
-def _usage_of(message: v1.NodeMessage) -> v1.UsageBatch | None:
-    kind, body = betterproto2.which_one_of(message, "kind")
-    return body if kind == "usage" else None
-
-
 # Messages read ahead of processing: bounds memory; HTTP/2 flow control does the rest.
 READ_AHEAD = 8
 # grpclib's sender does not yield while the window has room (DESIGN.md §3).
 YIELD_EVERY = 32
 # How long a refused node has to end its side before the status is sent anyway.
 REFUSE_DRAIN_SECONDS = 5.0
+
+
+def _usage_of(message: v1.NodeMessage) -> v1.UsageBatch | None:
+    kind, body = betterproto2.which_one_of(message, "kind")
+    return body if kind == "usage" else None
+
 
 Enroller = Callable[[v1.EnrollRequest], Awaitable[v1.EnrollResponse]]
 Renewer = Callable[[str, bytes | None, bytes], Awaitable[v1.RenewResponse]]
@@ -284,9 +284,7 @@ class NodeSession:
         which: tuple[str, Any] = betterproto2.which_one_of(message, "kind")
         kind, body = which
         self.service.links.seen(self.node_id)
-        if kind == "usage":
-            await self.on_usage([body])
-        elif kind == "heartbeat":
+        if kind == "heartbeat":
             self.service.links.journal_head(self.node_id, body.journal_head_seq)
             await self.send(heartbeat=v1.Heartbeat(sent_at_ms=now_ms()))
         elif kind == "local_decisions":

@@ -245,6 +245,13 @@ def batch_users(deltas: Sequence[UsageDelta]) -> set[str]:
     return {delta[1] for delta in deltas}
 
 
+def batch_seqs(deltas: Sequence[UsageDelta]) -> Sequence[int]:
+    """The seqs of a batch's deltas (UsageColumns or rows)."""
+    if isinstance(deltas, UsageColumns):
+        return deltas.seqs
+    return [delta[0] for delta in deltas]
+
+
 def user_rows(deltas: Sequence[UsageDelta]) -> Iterator[tuple[str, int, int, int, int]]:
     """(user_id, engine, uplink, downlink, sampled_at_ms) per delta (UsageColumns or rows)."""
     if isinstance(deltas, UsageColumns):

@@ -197,7 +197,7 @@ class GrpcClient:
             self._last_protocol = protocol
             self.connection_generation += 1
 
-    async def _unary(self, call: UnaryCall) -> Any:
+    async def _unary(self, call: UnaryCall, sent: asyncio.Event | None = None) -> Any:
         try:
             stream: Any
             async with self._channel.request(
@@ -208,9 +208,26 @@ class GrpcClient:
                 timeout=call.timeout,
             ) as stream:
                 await stream.send_message(call.request, end=True)
+                if sent is not None:
+                    sent.set()
                 return await stream.recv_message()
         finally:
             self._note_connection()
+
+    async def _stamped(self, call: UnaryCall, sent: asyncio.Event) -> tuple[Any, float]:
+        reply = await self._unary(call, sent)
+        # The island's loop runs on trio's clock: this is trio.current_time() then.
+        return reply, asyncio.get_running_loop().time()
+
+    async def _then_start(self, first: UnaryCall, second: UnaryCall) -> tuple[Any, PendingReply]:
+        reply = await self._unary(first)
+        sent = asyncio.Event()
+        task = asyncio.ensure_future(self._stamped(second, sent))
+        waiter = asyncio.ensure_future(sent.wait())
+        await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        await asyncio.sleep(0)  # one loop turn: the corked request leaves the socket
+        return reply, PendingReply(self._island, task)
 
     async def _many(self, calls: Sequence[UnaryCall], concurrency: int) -> list[Any]:
         results: list[Any] = [None] * len(calls)
@@ -230,6 +247,16 @@ class GrpcClient:
         """One call; raises what grpclib raised (GRPCError, OSError, TimeoutError...)."""
         return await self._island.run(self._unary, call)
 
+    async def call_then_start(
+        self, first: UnaryCall, second: UnaryCall
+    ) -> tuple[Any, PendingReply]:
+        """`first`, and as soon as its reply is in, `second` put on the wire, in one
+        crossing: the server works on `second` while the caller works on the
+        first reply. Raises what `first` raised (`second` is then not sent). The
+        PendingReply must be awaited (`result()`), or the call's outcome is lost.
+        """
+        return await self._island.run(self._then_start, first, second)
+
     async def call_many(
         self, calls: Sequence[UnaryCall], *, concurrency: int = DEFAULT_CONCURRENCY
     ) -> list[Any]:
@@ -246,6 +273,24 @@ class GrpcClient:
 
     async def aclose(self) -> None:
         await self._island.run(self._close_in_asyncio)
+
+
+class PendingReply:
+    """A unary call already sent (GrpcClient.call_then_start)."""
+
+    def __init__(self, island: AsyncioIsland, task: asyncio.Future[tuple[Any, float]]) -> None:
+        self._island = island
+        self._task = task
+        # A caller that gives up (cancelled, failed first) never asks: the outcome
+        # is taken here so asyncio does not report it as never retrieved.
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _wait(self) -> tuple[Any, float]:
+        return await self._task
+
+    async def result(self) -> tuple[Any, float]:
+        """(reply, the trio clock when it arrived); raises what the call raised."""
+        return await self._island.run(self._wait)
 
 
 # ---------------------------------------------------------------- one bidirectional stream

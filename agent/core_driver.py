@@ -26,7 +26,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from edgeward.proto import core
 
-from .aio_bridge import DEFAULT_CONCURRENCY, AsyncioIsland, GrpcClient, UnaryCall
+from .aio_bridge import DEFAULT_CONCURRENCY, AsyncioIsland, GrpcClient, PendingReply, UnaryCall
 from .core_flavor import Flavor, UnsupportedByFlavor
 from .model import ProxyUser
 from .reconcile import Change, ProxyPlan
@@ -102,6 +102,29 @@ def _ends_with(exc: object, suffix: str) -> bool:
     )
 
 
+def _call_error(path: str, exc: BaseException) -> CoreUnavailable | CoreCallError:
+    if _is_unavailable(exc):
+        return CoreUnavailable(f"core unreachable: {_message(exc)}")
+    return CoreCallError(f"{path}: {_message(exc)}")
+
+
+class PendingUptime:
+    """GetSysStats already sent (CoreDriver.read_counters)."""
+
+    def __init__(self, pending: PendingReply, path: str) -> None:
+        self._pending = pending
+        self._path = path
+
+    async def result(self) -> tuple[int, float]:
+        """(uptime in s, the trio clock when the reply arrived); CoreUnavailable
+        or CoreCallError as the other calls."""
+        try:
+            reply, arrived = await self._pending.result()
+        except Exception as e:
+            raise _call_error(self._path, e) from e
+        return reply.uptime, arrived
+
+
 class CoreDriver:
     """Users, stats and listings of one proxy core, called from trio."""
 
@@ -141,9 +164,7 @@ class CoreDriver:
         try:
             return await self._client.call(self._call(path, request, reply_type))
         except Exception as e:
-            if _is_unavailable(e):
-                raise CoreUnavailable(f"core unreachable: {_message(e)}") from e
-            raise CoreCallError(f"{path}: {_message(e)}") from e
+            raise _call_error(path, e) from e
 
     async def sys_stats(self) -> core.SysStatsResponse:
         return await self._one(
@@ -157,6 +178,29 @@ class CoreDriver:
             core.QueryStatsRequest(pattern=pattern, reset=reset),
             bytes,  # decoded by stats_wire: ~5x faster than betterproto2 at 20k counters
         )
+        return self._decode_stats(raw)
+
+    async def read_counters(self, pattern: str) -> tuple[dict[str, int], PendingUptime]:
+        """QueryStats(pattern, reset=False), and, as soon as its reply is in,
+        GetSysStats on the wire: the core's uptime *after* the reading, awaited
+        later through PendingUptime, so the core answers it (~2 ms at 10,000
+        users: it stops the world to read its memory stats) while the caller
+        works on the counters."""
+        query = self._call(
+            self.flavor.stats_path("QueryStats"),
+            core.QueryStatsRequest(pattern=pattern, reset=False),
+            bytes,
+        )
+        uptime = self._call(
+            self.flavor.stats_path("GetSysStats"), core.SysStatsRequest(), core.SysStatsResponse
+        )
+        try:
+            raw, pending = await self._client.call_then_start(query, uptime)
+        except Exception as e:
+            raise _call_error(query.path, e) from e
+        return self._decode_stats(raw), PendingUptime(pending, uptime.path)
+
+    def _decode_stats(self, raw: bytes) -> dict[str, int]:
         try:
             return decode_query_stats(raw)
         except StatsDecodeError as e:

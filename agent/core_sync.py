@@ -55,6 +55,11 @@ class EpochTracker:
     _start_mono: float | None = None
     _last_uptime: int | None = None
 
+    @property
+    def observed(self) -> bool:
+        """Whether any uptime was observed yet (the first one may start an epoch)."""
+        return self._start_mono is not None
+
     def observe(self, uptime_s: int, now_mono: float, now_wall_ms: int) -> Epoch | None:
         """The new Epoch if this reading starts one, else None."""
         estimate = now_mono - uptime_s

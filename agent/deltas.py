@@ -43,9 +43,12 @@ Rules (DESIGN.md section 2):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from itertools import compress, repeat
+from operator import add, is_not, itemgetter, lshift, rshift, sub
+from typing import Literal, NamedTuple, TypeVar, cast, overload
 
 ENGINE_PROXY = "proxy"
 ENGINE_WIREGUARD = "wireguard"
@@ -90,6 +93,58 @@ class Delta(NamedTuple):
         return self.uplink + self.downlink
 
 
+class DeltaColumns(Sequence[Delta]):
+    """The deltas of one sample as three columns (users, uplinks, downlinks) of
+    one engine and epoch: the journal packs the columns as they are, and a
+    Delta row is built only when one is read (10,000 of them cost ~2 ms)."""
+
+    __slots__ = ("downlinks", "engine", "epoch", "uplinks", "users")
+
+    def __init__(
+        self, engine: str, epoch: str, users: list[str], uplinks: list[int], downlinks: list[int]
+    ) -> None:
+        if not len(users) == len(uplinks) == len(downlinks):
+            raise ValueError("delta columns of different lengths")
+        self.engine, self.epoch = engine, epoch
+        self.users, self.uplinks, self.downlinks = users, uplinks, downlinks
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @overload
+    def __getitem__(self, index: int) -> Delta: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Delta, ...]: ...
+    def __getitem__(self, index: int | slice) -> Delta | tuple[Delta, ...]:
+        if isinstance(index, slice):
+            return tuple(self)[index]
+        return Delta(
+            self.users[index], self.engine, self.epoch, self.uplinks[index], self.downlinks[index]
+        )
+
+    def __iter__(self) -> Iterator[Delta]:
+        rows = zip(
+            self.users, repeat(self.engine), repeat(self.epoch), self.uplinks, self.downlinks
+        )
+        # tuple.__new__ is what Delta(...) does, without its argument parsing.
+        return map(tuple.__new__, repeat(Delta), rows)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"DeltaColumns({tuple(self)!r})"
+
+
+def delta_columns(deltas: Sequence[Delta]) -> tuple[list[str], list[int], list[int]]:
+    """(users, uplinks, downlinks) of any sequence of deltas, without copying columns."""
+    if isinstance(deltas, DeltaColumns):
+        return deltas.users, deltas.uplinks, deltas.downlinks
+    return list(map(_USER, deltas)), list(map(_UP, deltas)), list(map(_DOWN, deltas))
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """The result of one sampling step.
@@ -101,7 +156,7 @@ class Sample:
 
     engine: str
     epoch: str
-    deltas: tuple[Delta, ...]
+    deltas: Sequence[Delta]  # DeltaColumns from compute_deltas
     baselines: dict[str, int]
     unattributed: dict[str, int]
     went_down: bool = False
@@ -110,30 +165,59 @@ class Sample:
 Resolver = Callable[[str], CounterOwner | None]
 
 
-# What a memo knows of a counter: (user, 0 for uplink / 1 for downlink), or None
-# for a counter no user owns.
-Slot = tuple[str, int] | None
-_UNKNOWN: Slot = ("", -1)  # a memo miss (compared by identity)
+# A Delta's fields by position: map() with these stays in C.
+_USER, _ENGINE, _EPOCH, _UP, _DOWN = map(itemgetter, range(5))
+_MISS = -1  # a memo miss
 
 
 class ResolverMemo:
-    """A resolver with its answers kept, as (user, direction index) slots:
-    parsing a counter name and looking up its owner costs ~2.5 us, 50 ms a sample
-    at 20,000 counters, while the names change only with the desired state.
-    Build a new one when that changes; it holds at most one entry per counter
-    name the engine reported. Callable as a plain Resolver too."""
+    """A resolver with its answers kept: parsing a counter name and looking up its
+    owner costs ~2.5 us, 50 ms a sample at 20,000 counters, while the names change
+    only with the desired state. Build a new one when that changes; it holds at
+    most one entry per counter name the engine reported. Callable as a plain
+    Resolver too.
 
-    __slots__ = ("_resolve", "slots")
+    Each owned counter gets a slot number, 2 * rank + direction (0 uplink,
+    1 downlink), where rank is its user's place in `users`, kept sorted: a
+    sample then sums bytes under small ints and reads the users out in order
+    without sorting them (see compute_deltas)."""
+
+    __slots__ = ("_resolve", "owners", "slots", "users")
 
     def __init__(self, resolve: Resolver) -> None:
         self._resolve = resolve
-        self.slots: dict[str, Slot] = {}  # counter name -> slot, filled by slot()
+        self.owners: dict[str, tuple[str, int] | None] = {}  # name -> (user, direction)
+        self.slots: dict[str, int | None] = {}  # name -> slot number; None: no user owns it
+        self.users: list[str] = []  # rank -> user, sorted
 
-    def slot(self, name: str) -> Slot:
-        owner = self._resolve(name)
-        found = None if owner is None else (owner.user_id, int(owner.direction != UPLINK))
-        self.slots[name] = found
-        return found
+    def learn(self, names: Iterable[str]) -> None:
+        """Resolve names not seen yet. When a user is new to the memo the ranks
+        are dealt again (every slot renumbered): once per desired state, not per
+        sample."""
+        owners = self.owners
+        known_users = set(self.users)
+        new_users = False
+        for name in names:
+            if name in owners:
+                continue
+            owner = self._resolve(name)
+            if owner is None:
+                owners[name] = None
+                self.slots[name] = None
+                continue
+            owners[name] = (owner.user_id, int(owner.direction != UPLINK))
+            if owner.user_id not in known_users:
+                known_users.add(owner.user_id)
+                new_users = True
+            elif not new_users:
+                rank = bisect_left(self.users, owner.user_id)
+                self.slots[name] = 2 * rank + owners[name][1]  # type: ignore[index]
+        if new_users:
+            self.users = sorted(known_users)
+            rank_of = {user: i for i, user in enumerate(self.users)}
+            self.slots = {
+                name: None if o is None else 2 * rank_of[o[0]] + o[1] for name, o in owners.items()
+            }
 
     def __call__(self, name: str) -> CounterOwner | None:
         return self._resolve(name)
@@ -207,10 +291,19 @@ def _check_count(kind: str, name: str, value: object) -> int:
     return value
 
 
+def _all_counts(values: Iterable[object]) -> bool:
+    """Every value an int byte count; in C (20k counters per sample at 10k users).
+    bool is its own type, so True fails."""
+    values = list(values)
+    if not values:
+        return True
+    return set(map(type, values)) == {int} and min(cast("list[int]", values)) >= 0
+
+
 def _check_counts(kind: str, counts: Mapping[str, object]) -> None:
-    # The fast test first (20k counters per sample at 10k users); the slow one names the culprit.
-    for name, value in counts.items():
-        if type(value) is not int or value < 0:
+    # The fast test first; the slow one names the culprit.
+    if not _all_counts(counts.values()):
+        for name, value in counts.items():
             _check_count(kind, name, value)
 
 
@@ -233,22 +326,99 @@ def compute_deltas(
     """
     _check_counts("baseline", baselines)
     _check_counts("counter", readings)
-
-    # This runs over every counter every round (20,000 at 10,000 users): the loop
-    # does as few Python operations per counter as it can.
     new_baselines = dict(readings)
     if 0 in new_baselines.values():
         new_baselines = {name: value for name, value in readings.items() if value}
-    unattributed: dict[str, int] = {}
-    moved_by_user: tuple[dict[str, int], dict[str, int]] = ({}, {})  # uplink, downlink
-    went_down = False
-    baseline_of = baselines.get
     memo = memoized(resolve)  # a caller's memo persists; a plain resolver gets one per call
-    slot_of = memo.slots.get
+
+    # This runs over every counter every round (20,000 at 10,000 users), so each
+    # step is one pass in C (map, compress, zip, dict) rather than a Python loop
+    # per counter: ~4x faster when every user moved.
+    names = list(readings)
+    moved = list(map(sub, readings.values(), map(baselines.get, names, repeat(0))))
+    if moved and min(moved) < 0:
+        # A counter went down (a reset): the rare case, counted one by one.
+        return _deltas_by_counter(baselines, readings, new_baselines, engine, epoch, memo)
+    if 0 in moved:
+        names = list(compress(names, moved))
+        moved = list(compress(moved, moved))
+    slots = list(map(memo.slots.get, names, repeat(_MISS)))
+    if _MISS in slots:  # names this memo has not seen: the first round, a new user
+        memo.learn(names)
+        slots = list(map(memo.slots.get, names))
+    unattributed: dict[str, int] = {}
+    if None in slots:
+        unattributed = {n: m for n, s, m in zip(names, slots, moved, strict=True) if s is None}
+        owned = list(map(is_not, slots, repeat(None)))
+        slots, moved = list(compress(slots, owned)), list(compress(moved, owned))
+    by_slot = _sum_by(cast("list[int]", slots), moved)
+    went_down = not baselines.keys() <= readings.keys()
+    deltas = _deltas_by_slot(by_slot, memo.users, engine, epoch)
+    return Sample(engine, epoch, deltas, new_baselines, unattributed, went_down)
+
+
+K = TypeVar("K")
+
+
+def _sum_by(keys: list[K], amounts: list[int]) -> dict[K, int]:
+    """key -> the sum of its amounts. In C when no key repeats (one counter per
+    user and direction, the usual case); a user with several credentials or
+    peers has several counters per direction, summed here one by one."""
+    sums = dict(zip(keys, amounts, strict=True))
+    if len(sums) != len(keys):
+        sums = {}
+        for key, amount in zip(keys, amounts, strict=True):
+            sums[key] = sums.get(key, 0) + amount
+    return sums
+
+
+def _deltas_by_slot(
+    by_slot: dict[int, int], users: list[str], engine: str, epoch: str
+) -> DeltaColumns:
+    """One delta per user from slot number (2 * rank + direction) -> bytes, in
+    rank order, which is user order."""
+    get = by_slot.get
+    if 4 * len(by_slot) < len(users):  # few moved: look only at theirs
+        ranks = sorted(set(map(rshift, by_slot, repeat(1))))
+        ups_at = list(map(lshift, ranks, repeat(1)))
+        ups = list(map(get, ups_at, repeat(0)))
+        downs = list(map(get, map(add, ups_at, repeat(1)), repeat(0)))
+        return DeltaColumns(engine, epoch, list(map(users.__getitem__, ranks)), ups, downs)
+    every = 2 * len(users)
+    ups = list(map(get, range(0, every, 2), repeat(0)))
+    downs = list(map(get, range(1, every, 2), repeat(0)))
+    moved = list(map(add, ups, downs))  # > 0 exactly for the users that moved
+    if 0 in moved:
+        return DeltaColumns(
+            engine,
+            epoch,
+            list(compress(users, moved)),
+            list(compress(ups, moved)),
+            list(compress(downs, moved)),
+        )
+    return DeltaColumns(engine, epoch, list(users), ups, downs)
+
+
+def _deltas_by_counter(
+    baselines: Mapping[str, int],
+    readings: Mapping[str, int],
+    new_baselines: dict[str, int],
+    engine: str,
+    epoch: str,
+    memo: ResolverMemo,
+) -> Sample:
+    """compute_deltas one counter at a time, for a reading where a counter went
+    down; also the reference the fast path is tested against (it shares only
+    the memo's resolved owners with it, not its slot numbers)."""
+    memo.learn(readings)
+    owner_of = memo.owners.get
+    unattributed: dict[str, int] = {}
+    by_owner: dict[tuple[str, int], int] = {}
+    went_down = False
     # A counter in the baselines but not in the readings reads 0: it drops its
     # baseline (new_baselines), so a counter that comes back is counted from zero.
     for name, value in readings.items():
-        previous = baseline_of(name, 0)
+        previous = baselines.get(name, 0)
         if value == previous:
             continue
         if value < previous:
@@ -258,24 +428,16 @@ def compute_deltas(
             moved = value  # reset: count from 0
         else:
             moved = value - previous
-        slot = slot_of(name, _UNKNOWN)
-        if slot is _UNKNOWN:
-            slot = memo.slot(name)
-        if slot is None:
+        owner = owner_of(name)
+        if owner is None:
             unattributed[name] = moved
             continue
-        user, direction = slot
-        sums = moved_by_user[direction]
-        sums[user] = sums.get(user, 0) + moved
-
-    ups, downs = moved_by_user
-    users = ups.keys() | downs.keys() if downs else ups.keys()
-    up_of, down_of = ups.get, downs.get
-    make = tuple.__new__  # what Delta(...) does, without its argument parsing
-    deltas = tuple(
-        [make(Delta, (u, engine, epoch, up_of(u, 0), down_of(u, 0))) for u in sorted(users)]
-    )
+        by_owner[owner] = by_owner.get(owner, 0) + moved
     went_down = went_down or not baselines.keys() <= readings.keys()
+    users = sorted({user for user, _ in by_owner})
+    ups = [by_owner.get((user, 0), 0) for user in users]
+    downs = [by_owner.get((user, 1), 0) for user in users]
+    deltas = DeltaColumns(engine, epoch, users, ups, downs)
     return Sample(engine, epoch, deltas, new_baselines, unattributed, went_down)
 
 
@@ -283,18 +445,38 @@ def validate_sample(sample: Sample) -> None:
     """A sample fit for the journal: its deltas positive and of its engine/epoch,
     its baselines byte counts (CounterError otherwise)."""
     engine, epoch = sample.engine, sample.epoch
-    for delta in sample.deltas:
-        user, delta_engine, delta_epoch, up, down = delta
-        if delta_engine != engine or delta_epoch != epoch:
-            raise CounterError(
-                f"delta for {user!r} is of {delta_engine}/{delta_epoch}, "
-                f"sample is of {engine}/{epoch}"
-            )
-        if up < 0 or down < 0 or not (up or down):
-            raise CounterError(f"delta for {user!r} is negative or zero: {delta}")
-    for name, value in sample.baselines.items():
-        if type(value) is not int or value < 0:
-            raise CounterError(f"baseline {name!r} is not a byte count: {value!r}")
+    deltas = sample.deltas
+    # The checks in C first (10,000 deltas a sample); the loop names the culprit.
+    if isinstance(deltas, DeltaColumns):
+        same = deltas.engine == engine and deltas.epoch == epoch
+    else:
+        same = set(map(_ENGINE, deltas)) <= {engine} and set(map(_EPOCH, deltas)) <= {epoch}
+    _, ups, downs = delta_columns(deltas)
+    if not (same and _positive_counts(ups, downs)):
+        for delta in deltas:
+            user, delta_engine, delta_epoch, up, down = delta
+            if delta_engine != engine or delta_epoch != epoch:
+                raise CounterError(
+                    f"delta for {user!r} is of {delta_engine}/{delta_epoch}, "
+                    f"sample is of {engine}/{epoch}"
+                )
+            if (
+                type(up) is not int
+                or type(down) is not int
+                or up < 0
+                or down < 0
+                or not (up or down)
+            ):
+                raise CounterError(f"delta for {user!r} is negative or zero: {delta}")
+    if not _all_counts(sample.baselines.values()):
+        for name, value in sample.baselines.items():
+            if type(value) is not int or value < 0:
+                raise CounterError(f"baseline {name!r} is not a byte count: {value!r}")
+
+
+def _positive_counts(ups: list[int], downs: list[int]) -> bool:
+    """Every (uplink, downlink) pair byte counts, and none both zero."""
+    return _all_counts(ups) and _all_counts(downs) and 0 not in map(add, ups, downs)
 
 
 def next_epoch(previous: str | None) -> str:

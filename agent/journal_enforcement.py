@@ -21,6 +21,9 @@ class EnforcementTables:
     def _tx(self, *, durable: bool) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         raise NotImplementedError  # JournalStore's
 
+    def _outbox_bytes(self, users: Iterable[str]) -> dict[str, int]:
+        raise NotImplementedError  # OutboxTables'
+
     def set_enforcement(
         self, states: Iterable[EnforcementState], decisions: Iterable[LocalDecision] = ()
     ) -> None:
@@ -76,17 +79,16 @@ class EnforcementTables:
         for user_id, lease_id, amount in grants:
             if amount < 0 or lease_id < 0:
                 raise ValueError(f"lease for {user_id!r}: negative bytes or lease_id")
+        unsent = self._outbox_bytes(user_id for user_id, _, _ in grants)
         with self._tx(durable=True) as conn:
             taken = 0
             for user_id, lease_id, amount in grants:
                 taken += conn.execute(
-                    "INSERT INTO leases (user_id, lease_id, granted, used) VALUES (?, ?, ?, "
-                    "(SELECT coalesce(sum(o.uplink + o.downlink), 0) FROM outbox o "
-                    "JOIN streams s ON s.id = o.stream WHERE s.user_id = ?)) "
+                    "INSERT INTO leases (user_id, lease_id, granted, used) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT DO UPDATE SET lease_id = excluded.lease_id, "
                     "granted = excluded.granted, used = excluded.used "
                     "WHERE excluded.lease_id > lease_id",
-                    (user_id, lease_id, amount, user_id),
+                    (user_id, lease_id, amount, unsent.get(user_id, 0)),
                 ).rowcount
         self._lease_users.update(user_id for user_id, _, _ in grants)
         return taken

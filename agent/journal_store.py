@@ -21,23 +21,15 @@ central will deduplicate, or rows that were never handed out.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
-from operator import itemgetter
 from pathlib import Path
 
-from edgeward.agent.deltas import CounterError, Sample, validate_sample
+from edgeward.agent.deltas import CounterError, Sample, delta_columns, validate_sample
 from edgeward.agent.journal_enforcement import EnforcementTables
-from edgeward.agent.journal_records import (
-    AckAheadError,
-    CompactResult,
-    OutboxStats,
-    PendingDelta,
-    StoredDesired,
-    StreamKey,
-)
+from edgeward.agent.journal_outbox import OutboxTables
+from edgeward.agent.journal_records import StoredDesired, StreamKey
 from edgeward.agent.journal_schema import (
     JournalError,
     JournalFullError,
@@ -47,11 +39,8 @@ from edgeward.agent.journal_schema import (
     unpack,
 )
 
-# A Delta's fields by position (it is a NamedTuple): map() with these stays in C.
-_USER, _UPLINK, _DOWNLINK = itemgetter(0), itemgetter(3), itemgetter(4)
 
-
-class JournalStore(EnforcementTables):
+class JournalStore(OutboxTables, EnforcementTables):
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
@@ -79,10 +68,14 @@ class JournalStore(EnforcementTables):
                     f"its current epoch is {self._epochs.get(engine)!r}",
                 )
             self._baselines[engine] = _unpack_baselines(path, engine, ids, counts, names)
+        # engine -> counter names in the order of its stored counter_ids: a sample
+        # whose names are the same rewrites only the counts, in this order.
+        self._stored_order: dict[str, list[str]] = {e: list(b) for e, b in self._baselines.items()}
         # (engine, epoch) -> user -> interned stream id
         self._streams: dict[tuple[str, str], dict[str, int]] = {}
         for i, u, e, ep in conn.execute("SELECT id, user_id, engine, epoch FROM streams"):
             self._streams.setdefault((e, ep), {})[u] = i
+        self._stream_keys: dict[int, StreamKey] | None = None  # built when pending() needs it
         self._high, self._acked, self._handed_out = conn.execute(
             "SELECT high, acked, handed_out FROM seqs"
         ).fetchone()
@@ -169,8 +162,19 @@ class JournalStore(EnforcementTables):
             new = {name: value for name, value in new.items() if value}
         # An idle round (nothing moved) leaves the stored set as it is.
         write_baselines = new_epoch or new != old
+        # The same counters as stored (the usual round): only their counts are
+        # rewritten, in the stored order; the ids (160 KB at 10,000 users) stay.
+        order = self._stored_order.get(engine)
+        same_names = (
+            write_baselines and not new_epoch and order is not None and new.keys() == old.keys()
+        )
         try:
-            counts = pack_counts(new.values()) if write_baselines else b""
+            if not write_baselines:
+                counts = b""
+            elif same_names:
+                counts = pack_counts(map(new.__getitem__, order))  # type: ignore[arg-type]
+            else:
+                counts = pack_counts(new.values())
         except (OverflowError, TypeError) as e:
             raise CounterError(f"a baseline of {engine} is not a uint64 byte count: {e}") from None
         marker = epoch_marker if epoch_marker is not None else ""
@@ -181,13 +185,12 @@ class JournalStore(EnforcementTables):
         dropped_counters: list[int] = []
         # Per delta, column-wise: a sample at 10,000 users has 10,000 of them,
         # and each Python operation per delta costs ~1 ms a sample.
-        deltas = sample.deltas
-        users = list(map(_USER, deltas))
+        users, uplinks, downlinks = delta_columns(sample.deltas)
         streams = self._streams.get((engine, epoch), {})
         stream_ids: list[int | None] = list(map(streams.get, users))
         new_streams: dict[str, int] = {}
         first = self._high + 1
-        last = first + len(deltas) - 1
+        last = first + len(users) - 1
         with self._tx(durable=True) as conn:
 
             def counter_id(name: str) -> int:
@@ -210,7 +213,11 @@ class JournalStore(EnforcementTables):
                 )
             elif epoch_marker is not None and epoch_marker != self._markers.get(engine):
                 conn.execute("UPDATE epochs SET marker = ? WHERE engine = ?", (marker, engine))
-            if write_baselines:
+            if same_names:
+                conn.execute(
+                    "UPDATE baseline_sets SET counts = ? WHERE engine = ?", (counts, engine)
+                )
+            elif write_baselines:
                 ids = list(map(known.get, new))
                 if None in ids:  # counters this journal has not named yet
                     ids = [counter_id(n) if i is None else i for n, i in zip(new, ids, strict=True)]
@@ -239,164 +246,40 @@ class JournalStore(EnforcementTables):
                             assert stream is not None
                             new_streams[user] = stream
                         stream_ids[at] = stream
-            conn.executemany(
-                "INSERT INTO outbox (seq, stream, uplink, downlink, sampled_at_ms) "
-                "VALUES (?, ?, ?, ?, ?)",
-                zip(
-                    range(first, last + 1),
-                    stream_ids,
-                    map(_UPLINK, deltas),
-                    map(_DOWNLINK, deltas),
-                    itertools.repeat(sampled_at_ms, len(deltas)),
-                    strict=True,
-                ),
-            )
+            try:
+                self._append_outbox(conn, first, sampled_at_ms, stream_ids, uplinks, downlinks)  # type: ignore[arg-type]
+            except (OverflowError, TypeError) as e:
+                raise CounterError(f"a delta of {engine} is not a uint64 byte count: {e}") from None
             charged = self._lease_users.intersection(users)
             if charged:
                 charges: dict[str, int] = {}
-                for delta in deltas:
-                    if delta.user_id in charged:
-                        charges[delta.user_id] = charges.get(delta.user_id, 0) + delta.total
+                for user, up, down in zip(users, uplinks, downlinks, strict=True):
+                    if user in charged:
+                        charges[user] = charges.get(user, 0) + up + down
                 conn.executemany(
                     "UPDATE leases SET used = used + ? WHERE user_id = ?",
                     [(amount, user) for user, amount in charges.items()],
                 )
-            if deltas:
+            if users:
                 conn.execute("UPDATE seqs SET high = ?", (last,))
         # Committed: now memory may follow.
         self._epochs[engine] = epoch
         self._markers[engine] = marker
         self._baselines[engine] = new
+        if write_baselines and not same_names:
+            self._stored_order[engine] = list(new)
         if new_streams:
             self._streams[(engine, epoch)] = {**streams, **new_streams}
+            self._stream_keys = None
         if new_counters or dropped_counters:
             gone = set(dropped_counters)
             merged = {n: i for n, i in known.items() if i not in gone}
             merged.update(new_counters)
             self._counters[engine] = merged
-        if deltas:
+        if users:
             self._high = last
             return first, last
         return 0, 0
-
-    # ------------------------------------------------------------ outbox
-
-    def pending(self, after_seq: int, limit: int) -> list[PendingDelta]:
-        """Outbox rows with seq > after_seq, oldest first. Marks them handed
-        out (durably, before they can reach the wire): compaction never
-        merges a row central may already hold."""
-        if limit <= 0:
-            raise ValueError(f"limit must be positive, got {limit}")
-        rows = [
-            PendingDelta(*row)
-            for row in self._conn.execute(
-                "SELECT o.seq, s.user_id, s.engine, s.epoch, o.uplink, o.downlink, "
-                "o.sampled_at_ms FROM outbox o JOIN streams s ON s.id = o.stream "
-                "WHERE o.seq > ? ORDER BY o.seq LIMIT ?",
-                (after_seq, limit),
-            )
-        ]
-        if rows and rows[-1].seq > self._handed_out:
-            with self._tx(durable=True) as conn:
-                conn.execute("UPDATE seqs SET handed_out = ?", (rows[-1].seq,))
-            self._handed_out = rows[-1].seq
-        return rows
-
-    def ack(self, seq: int) -> int:
-        """Central durably holds every seq <= ``seq``: drop those rows.
-        Idempotent; an older ack is a no-op. Returns the rows dropped."""
-        if seq > self._high:
-            raise AckAheadError(
-                self.path,
-                f"central acknowledged seq {seq} but this journal never went past "
-                f"{self._high} (was the journal replaced?)",
-            )
-        if seq <= self._acked:
-            return 0
-        with self._tx(durable=False) as conn:
-            dropped = conn.execute("DELETE FROM outbox WHERE seq <= ?", (seq,)).rowcount
-            conn.execute("UPDATE seqs SET acked = ?, handed_out = max(handed_out, ?)", (seq, seq))
-            if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM outbox)").fetchone()[0]:
-                stale = self._stale_streams()
-                conn.executemany("DELETE FROM streams WHERE id = ?", [(i,) for i in stale])
-            else:
-                stale = []
-        self._acked = seq
-        self._handed_out = max(self._handed_out, seq)
-        self._forget_streams(stale)
-        return dropped
-
-    def skip_seqs_to(self, seq: int) -> None:
-        """Raise the seq high-water mark to ``seq`` (never lowers it): after an
-        AckAheadError, new deltas must get seqs central has not seen."""
-        if seq <= self._high:
-            return
-        with self._tx(durable=True) as conn:
-            conn.execute("UPDATE seqs SET high = ?", (seq,))
-        self._high = seq
-
-    def compact(self) -> CompactResult:
-        """Merge the outbox rows never handed out into one row per
-        (user, engine, epoch). The merged row keeps the group's highest seq
-        (no seq is reused or invented) and its latest sampled_at_ms; byte
-        totals are unchanged. Rows already handed out are left alone: central
-        may hold them, and merging would count them twice."""
-        floor = max(self._handed_out, self._acked)
-        before = self._count()
-        with self._tx(durable=False) as conn:
-            groups = conn.execute(
-                "SELECT max(seq), sum(uplink), sum(downlink), max(sampled_at_ms) "
-                "FROM outbox WHERE seq > ? GROUP BY stream HAVING count(*) > 1",
-                (floor,),
-            ).fetchall()
-            if groups:
-                conn.execute(
-                    "DELETE FROM outbox WHERE seq > ? AND seq NOT IN "
-                    "(SELECT max(seq) FROM outbox WHERE seq > ? GROUP BY stream)",
-                    (floor, floor),
-                )
-                conn.executemany(
-                    "UPDATE outbox SET uplink = ?, downlink = ?, sampled_at_ms = ? WHERE seq = ?",
-                    [(up, down, at, seq) for seq, up, down, at in groups],
-                )
-        return CompactResult(before, self._count())
-
-    def _count(self) -> int:
-        return self._conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-
-    def _stale_streams(self) -> list[int]:
-        # Streams of epochs that are over; current ones stay interned.
-        return [
-            i
-            for (e, ep), by_user in self._streams.items()
-            if self._epochs.get(e) != ep
-            for i in by_user.values()
-        ]
-
-    def _forget_streams(self, ids: Iterable[int]) -> None:
-        gone = set(ids)
-        if gone:
-            kept = {
-                key: {u: i for u, i in by_user.items() if i not in gone}
-                for key, by_user in self._streams.items()
-            }
-            self._streams = {key: by_user for key, by_user in kept.items() if by_user}
-
-    def outbox_stats(self) -> OutboxStats:
-        rows, up, down = self._conn.execute(
-            "SELECT count(*), coalesce(sum(uplink), 0), coalesce(sum(downlink), 0) FROM outbox"
-        ).fetchone()
-        return OutboxStats(rows, up, down, self._high, self._acked, self._handed_out)
-
-    def outbox_totals(self) -> dict[StreamKey, tuple[int, int]]:
-        """(user, engine, epoch) -> (uplink, downlink) summed over the outbox."""
-        return {
-            (u, e, ep): (up, down)
-            for u, e, ep, up, down in self._conn.execute(
-                "SELECT s.user_id, s.engine, s.epoch, sum(o.uplink), sum(o.downlink) "
-                "FROM outbox o JOIN streams s ON s.id = o.stream GROUP BY o.stream"
-            )
-        }
 
     # ------------------------------------------------------------ desired / applied
 

@@ -22,13 +22,14 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import trio
 
 from edgeward.proto import v1
 
-from .deltas import ENGINES, Sample
+from .deltas import ENGINES, Sample, delta_columns
 from .journal import EnforcementState, Journal, Lease, LocalDecision, StoredDesired
 from .local_enforcement import LOCAL_REASONS, decide, effective_desired
 from .model import (
@@ -377,9 +378,9 @@ class Node:
             seqs = await self.journal.commit_sample(
                 sample, sampled_at_ms=sampled_at_ms, epoch_marker=epoch_marker
             )
-            for delta in sample.deltas:
-                self.last_usage[delta.user_id] = sampled_at_ms
-            if sample.deltas and self.leases:
+            users, _, _ = delta_columns(sample.deltas)
+            self.last_usage.update(zip(users, repeat(sampled_at_ms)))
+            if users and self.leases:
                 self.leases = await self.journal.leases()
             await self._check_local_locked()
             self._publish()

@@ -12,12 +12,17 @@ Epochs (one life of an engine's counters) are the journal's "1", "2", ...;
 the *marker* stored with each epoch says which life it is:
 
 - proxy: the core's start time (ms), from GetSysStats uptime through the same
-  pure EpochTracker CoreSync uses. The sampler asks for the uptime before and
-  after each QueryStats with its own tracker: a restart detected only later
-  (by CoreSync's probe, say) could otherwise make a reading that was already
-  counted in the old epoch count again in the new one. A restart between the
-  two uptime readings makes the reading ambiguous: that round is skipped for
-  the proxy, and the next one starts the new epoch from zero. Uptime is whole
+  pure EpochTracker CoreSync uses. The sampler asks for the uptime after each
+  QueryStats (sent as soon as the counters are in, and answered while they
+  are computed; on its first round, before it too) with its own tracker: a
+  restart detected only later (by CoreSync's probe, say) could otherwise make
+  a reading that was already counted in the old epoch count again in the new
+  one. A restart since the previous uptime reading makes the reading ambiguous
+  (which life's counters are these?): that round is skipped for the proxy,
+  and the next one starts the new epoch from zero. Asking before each
+  QueryStats as well would only let a restart that happened between rounds
+  be counted one round sooner, for a GetSysStats per round (~2 ms at 10,000
+  users: the core stops the world to read its memory stats). Uptime is whole
   seconds, so a core that lived under ~1.5 s is not told from its successor
   that way; a counter below its baseline (the core's counters only go down
   when it restarts) is taken as the same evidence. A restart that neither
@@ -41,7 +46,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Protocol
 
 import trio
@@ -55,6 +59,7 @@ from .deltas import (
     Resolver,
     Sample,
     compute_deltas,
+    delta_columns,
     memoized,
     next_epoch,
     parse_wg_counter,
@@ -69,8 +74,6 @@ from .wireguard import WireGuard, WireGuardError
 log = logging.getLogger(__name__)
 
 PROXY_STATS_PATTERN = "user>>>"
-# A Delta's uplink and downlink by position: summing 10,000 of them stays in C.
-_UPLINK, _DOWNLINK = itemgetter(3), itemgetter(4)
 
 
 class Commit(Protocol):
@@ -269,34 +272,54 @@ class Sampler:
     ) -> EngineRound:
         tracker = await self._proxy_tracker()
         try:
-            before = await core.sys_stats()
-            tracker.observe(before.uptime, trio.current_time(), self.wall_ms())
-            readings = await core.query_stats(PROXY_STATS_PATTERN, reset=False)
-            after = await core.sys_stats()
-            restarted = tracker.observe(after.uptime, trio.current_time(), self.wall_ms())
+            if not tracker.observed:  # the first round: the reading needs a life before it
+                before = await core.sys_stats()
+                tracker.observe(before.uptime, trio.current_time(), self.wall_ms())
+            readings, uptime_after = await core.read_counters(PROXY_STATS_PATTERN)
         except CoreUnavailable as e:
             return EngineRound(ENGINE_PROXY, skipped=str(e))
         except CoreCallError as e:
             return EngineRound(ENGINE_PROXY, skipped=f"the core refused a stats call: {e}")
-        if restarted is not None:
-            return EngineRound(ENGINE_PROXY, skipped="the core restarted during the reading")
-        assert tracker.known is not None
-        current, stored_marker, stored = await self.journal.counter_state(ENGINE_PROXY)
-        same = current is not None and stored_marker == tracker.known.id
-        baselines = stored if same else {}
         resolve = self._resolver(ENGINE_PROXY, desired, lambda d: proxy_resolver(proxy_owners(d)))
-        epoch = current if same and current is not None else next_epoch(current)
-        sample = compute_deltas(
-            baselines, readings, engine=ENGINE_PROXY, epoch=epoch, resolve=resolve
+        # Computed while the core answers the uptime after the reading, against
+        # the stored epoch: what the uptime almost always confirms (redone below
+        # when it does not). compute_deltas is pure; nothing is kept before that.
+        current, stored_marker, stored = await self.journal.counter_state(ENGINE_PROXY)
+        guess = compute_deltas(
+            stored if current is not None else {},
+            readings,
+            engine=ENGINE_PROXY,
+            epoch=current if current is not None else next_epoch(None),
+            resolve=resolve,
         )
+        try:
+            uptime, arrived = await uptime_after.result()
+        except CoreUnavailable as e:
+            return EngineRound(ENGINE_PROXY, skipped=str(e))
+        except CoreCallError as e:
+            return EngineRound(ENGINE_PROXY, skipped=f"the core refused a stats call: {e}")
+        # Observed as of when the reply arrived (the core's start is reckoned
+        # from it), not when the computation above let us look.
+        arrived_wall_ms = self.wall_ms() - round((trio.current_time() - arrived) * 1000)
+        if tracker.observe(uptime, arrived, arrived_wall_ms) is not None:
+            return EngineRound(ENGINE_PROXY, skipped="the core restarted since the last reading")
+        assert tracker.known is not None
+        same = current is not None and stored_marker == tracker.known.id
+        if same or current is None:
+            sample = guess  # current is None: the guess was already a first epoch's
+        else:
+            sample = compute_deltas(
+                {}, readings, engine=ENGINE_PROXY, epoch=next_epoch(current), resolve=resolve
+            )
         if sample.went_down:
             # The core's counters only go down when it restarts (they outlive a
             # user's removal): a restart too quick for the uptime to show.
-            tracker.force_new(after.uptime, trio.current_time(), self.wall_ms())
-            same, epoch = False, next_epoch(current)
-            sample = compute_deltas({}, readings, engine=ENGINE_PROXY, epoch=epoch, resolve=resolve)
-        marker = tracker.known.id
-        return await self._commit(sample, now_ms, marker, new_epoch=not same)
+            tracker.force_new(uptime, arrived, arrived_wall_ms)
+            same = False
+            sample = compute_deltas(
+                {}, readings, engine=ENGINE_PROXY, epoch=next_epoch(current), resolve=resolve
+            )
+        return await self._commit(sample, now_ms, tracker.known.id, new_epoch=not same)
 
     # ------------------------------------------------------------ WireGuard
 
@@ -361,6 +384,7 @@ class Sampler:
 
     async def _commit(self, sample: Sample, now_ms: int, marker: str, *, new_epoch: bool):
         seqs = await self.commit(sample, sampled_at_ms=now_ms, epoch_marker=marker)
+        _, uplinks, downlinks = delta_columns(sample.deltas)
         if new_epoch:
             log.info("%s counters: epoch %s (%s)", sample.engine, sample.epoch, marker)
         return EngineRound(
@@ -369,7 +393,7 @@ class Sampler:
             new_epoch=new_epoch,
             deltas=len(sample.deltas),
             seqs=seqs,
-            uplink=sum(map(_UPLINK, sample.deltas)),
-            downlink=sum(map(_DOWNLINK, sample.deltas)),
+            uplink=sum(uplinks),
+            downlink=sum(downlinks),
             unattributed=sum(sample.unattributed.values()),
         )

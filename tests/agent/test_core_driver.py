@@ -161,3 +161,35 @@ async def test_core_down_is_unavailable_not_a_user_error(v2ray_core):
         # The same driver reconnects on its own once the core is back.
         report = await driver.add_users([Change("u-jack", user)])
         assert report.errors == [] and len(report.added) == 1
+
+
+async def test_read_counters_reads_then_has_the_uptime_on_the_wire(
+    v2ray_core, http_blob_server, tmp_path
+):
+    """read_counters: QueryStats, and GetSysStats sent as soon as its reply is in
+    (answered while the caller works): the same counters as query_stats, the
+    core's uptime, the trio clock when that reply arrived; a dead core is
+    CoreUnavailable, as for every other call."""
+    user = new_user(ProxyProtocol.VLESS, "vless-in", "kim@vless")
+    async with open_island() as island:
+        driver = await CoreDriver.open(island, "127.0.0.1", v2ray_core.api_port, V2FLY)
+        assert (await driver.add_users([Change("u-kim", user)])).errors == []
+        with open_client(tmp_path, v2ray_core, "vless", user.secret) as client:
+            assert await fetch(client.socks_port, http_blob_server.url(20_000)) == 20_000
+        asked = trio.current_time()
+        counters, pending = await driver.read_counters("user>>>")
+        assert counters == await driver.query_stats("user>>>")
+        assert counters["user>>>kim@vless>>>traffic>>>downlink"] > 20_000
+        await trio.sleep(0.5)  # the caller's work: the uptime's reply comes meanwhile
+        looked = trio.current_time()
+        uptime, arrived = await pending.result()
+        assert asked <= arrived <= looked  # it was on the wire before it was asked for
+        assert abs(uptime - (await driver.sys_stats()).uptime) <= 1
+
+        v2ray_core.kill()
+        with pytest.raises(CoreUnavailable, match="core unreachable"):
+            await driver.read_counters("user>>>")
+        await trio.to_thread.run_sync(v2ray_core.start)
+        counters, pending = await driver.read_counters("user>>>")
+        uptime, _ = await pending.result()
+        assert uptime >= 0 and counters == {}  # a new life: its counters start empty

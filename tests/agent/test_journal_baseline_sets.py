@@ -110,7 +110,7 @@ async def test_schema_3_journal_converts_and_nothing_is_lost_or_sent_twice(tmp_p
         assert (await journal.outbox_stats()).rows == USERS
     conn = sqlite3.connect(path)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
     assert "baselines" not in tables and "baseline_sets" in tables
 
@@ -211,3 +211,52 @@ async def test_idle_round_writes_nothing(tmp_path):
         assert watcher.execute("PRAGMA data_version").fetchone()[0] == version
         watcher.close()
         assert await journal.baselines(ENGINE_PROXY, "1") == readings
+
+
+async def test_a_round_over_the_same_counters_rewrites_only_their_counts(tmp_path):
+    """The counters' ids stay as stored while the names do not change, whatever
+    order the core reports them in; counts follow the stored order; a new
+    counter (or a new epoch) writes the ids again. Every state reopens exactly."""
+    path = tmp_path / "journal.db"
+
+    def stored_row() -> tuple[bytes, bytes]:
+        conn = sqlite3.connect(path)
+        try:
+            return conn.execute(
+                "SELECT counter_ids, counts FROM baseline_sets WHERE engine = 'proxy'"
+            ).fetchone()
+        finally:
+            conn.close()
+
+    async def commit(journal: Journal, readings: dict[str, int], at: int, epoch: str = "1"):
+        sample = compute_deltas(
+            await journal.baselines(ENGINE_PROXY, epoch),
+            readings,
+            engine=ENGINE_PROXY,
+            epoch=epoch,
+            resolve=RESOLVE,
+        )
+        await journal.commit_sample(sample, sampled_at_ms=at)
+
+    first = {up(i): 100 + i for i in range(5)} | {down(i): 900 + i for i in range(5)}
+    async with open_journal(path) as journal:
+        await commit(journal, first, 1)
+        ids, counts = stored_row()
+        # the same names, reported in reverse, all moved
+        second = {name: value + 7 for name, value in reversed(first.items())}
+        await commit(journal, second, 2)
+        assert stored_row()[0] == ids and stored_row()[1] != counts
+        assert await journal.baselines(ENGINE_PROXY, "1") == second
+    async with open_journal(path) as journal:
+        assert await journal.baselines(ENGINE_PROXY, "1") == second
+        third = {**second, up(9): 4}  # a counter appears: the ids are written again
+        await commit(journal, third, 3)
+        assert stored_row()[0] != ids
+        fourth = {name: value + 1 for name, value in third.items()}
+        await commit(journal, fourth, 4)
+        assert await journal.baselines(ENGINE_PROXY, "1") == fourth
+    async with open_journal(path) as journal:
+        assert await journal.baselines(ENGINE_PROXY, "1") == fourth
+        totals = await journal.outbox_totals()
+        assert totals[("user-0", ENGINE_PROXY, "1")] == (100 + 7 + 1, 900 + 7 + 1)
+        assert totals[("user-9", ENGINE_PROXY, "1")] == (4 + 1, 0)

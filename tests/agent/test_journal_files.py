@@ -207,7 +207,7 @@ async def test_upgrade_from_schema_1_keeps_everything(tmp_path):
         await journal.change_desired(13, {"user-a": b"\x0a\x01a"}, ())
         assert (await journal.desired()).users == {"user-a": b"\x0a\x01a"}
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
 
 

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 
 import pytest
+import trio
 
 from edgeward.agent.core_driver import CoreCallError, CoreUnavailable
 from edgeward.agent.deltas import (
@@ -49,8 +50,10 @@ class StubCore:
         self.counters: dict[str, object] = {}
         self.fail: Exception | None = None
         self.restart_during_query = False
+        self.sys_stats_calls = 0
 
     async def sys_stats(self) -> SysStats:
+        self.sys_stats_calls += 1
         if self.fail:
             raise self.fail
         return SysStats(self.uptime)
@@ -61,6 +64,23 @@ class StubCore:
         if self.restart_during_query:
             self.uptime = 0
         return counters
+
+    async def read_counters(self, pattern: str) -> tuple[dict, StubUptime]:
+        """CoreDriver.read_counters: the counters, then the uptime asked right after."""
+        if self.fail:
+            raise self.fail
+        counters = await self.query_stats(pattern)
+        self.sys_stats_calls += 1
+        return counters, StubUptime(self.uptime, trio.current_time())
+
+
+@dataclass
+class StubUptime:
+    uptime: int
+    arrived: float
+
+    async def result(self) -> tuple[int, float]:
+        return self.uptime, self.arrived
 
 
 def sampler(journal, core, desired=None) -> Sampler:
@@ -121,8 +141,11 @@ async def test_deltas_epochs_and_zero_rounds(tmp_path):
         r = (await s.sample_once()).engines[ENGINE_PROXY]
         assert (r.epoch, r.new_epoch, r.uplink, r.downlink) == ("1", False, 50, 0)
 
-        # restarted core: a new epoch, counted from zero, nothing subtracted
+        # restarted core: the reading that shows it is skipped (of which life?),
+        # then a new epoch, counted from zero, nothing subtracted
         core.uptime, core.counters = 0, {UP: 30}
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert r.skipped == "the core restarted since the last reading"
         r = (await s.sample_once()).engines[ENGINE_PROXY]
         assert (r.epoch, r.new_epoch, r.uplink, r.downlink) == ("2", True, 30, 0)
         assert await journal.outbox_totals() == {
@@ -173,11 +196,35 @@ async def test_restart_during_the_reading_skips_the_round(tmp_path):
         core.restart_during_query = True
         core.counters = {UP: 500}  # which life of the core is this from? unknowable
         r = (await s.sample_once()).engines[ENGINE_PROXY]
-        assert r.skipped == "the core restarted during the reading"
+        assert r.skipped == "the core restarted since the last reading"
         core.restart_during_query = False
         core.counters = {UP: 5}
         r = (await s.sample_once()).engines[ENGINE_PROXY]
         assert (r.epoch, r.new_epoch, r.uplink) == ("2", True, 5)
+
+
+async def test_restart_between_rounds_is_seen_by_the_uptime_after_the_reading(tmp_path):
+    """After its first round the sampler asks the uptime only after QueryStats:
+    a restart since the last round shows there, the reading (of which life?)
+    is skipped, and the next round counts the new life from zero."""
+    core = StubCore()
+    core.counters = {UP: 100}
+    async with open_journal(tmp_path / "j.db") as journal:
+        s = sampler(journal, core)
+        await s.sample_once()
+        assert core.sys_stats_calls == 2  # before and after the first reading
+        core.counters = {UP: 150}
+        assert (await s.sample_once()).engines[ENGINE_PROXY].uplink == 50
+        assert core.sys_stats_calls == 3  # after only
+        core.uptime, core.counters = 0, {UP: 300}  # restarted between rounds
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert r.skipped == "the core restarted since the last reading"
+        assert await journal.baselines(ENGINE_PROXY, "1") == {UP: 150}
+        core.counters = {UP: 320}
+        r = (await s.sample_once()).engines[ENGINE_PROXY]
+        assert (r.epoch, r.new_epoch, r.uplink) == ("2", True, 320)
+        stats = await journal.outbox_stats()
+        assert stats.uplink == 150 + 320  # the first life's bytes once, the second's from 0
 
 
 @pytest.mark.parametrize(

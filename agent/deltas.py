@@ -6,13 +6,8 @@ difference between the new reading and the baseline; it is journalled together
 with the new baselines in one transaction, so a crash either loses both or
 keeps both and no byte is counted twice or lost.
 
-Counters are keyed by ``(engine, epoch, counter name)``:
-
-* engine ``"proxy"`` (Xray-core / v2ray): the core's own stat names,
-  ``user>>>EMAIL>>>traffic>>>uplink`` and ``...>>>downlink``;
-* engine ``"wireguard"``: ``wg>>>IFACE>>>PUBKEY>>>rx`` and ``...>>>tx`` with the
-  peer's base64 public key. Seen from the server, ``rx`` is what the peer sent
-  (the user's uplink) and ``tx`` what it received (the user's downlink).
+Counters are keyed by ``(engine, epoch, counter name)``; their names and
+owners: agent/counter_names.py (re-exported here).
 
 An *epoch* is one lifetime of the counters: a core restart or a re-created
 WireGuard interface starts every counter again from zero, and the caller
@@ -44,36 +39,32 @@ Rules (DESIGN.md section 2):
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import add, is_not, itemgetter, lshift, rshift, sub
-from typing import Literal, NamedTuple, TypeVar, cast, overload
+from typing import NamedTuple, TypeVar, cast, overload
+
+from .counter_names import DOWNLINK as DOWNLINK
+from .counter_names import SEP as SEP
+from .counter_names import UPLINK as UPLINK
+from .counter_names import CounterOwner as CounterOwner
+from .counter_names import Direction as Direction
+from .counter_names import Resolver as Resolver
+from .counter_names import parse_proxy_counter as parse_proxy_counter
+from .counter_names import parse_wg_counter as parse_wg_counter
+from .counter_names import proxy_counter as proxy_counter
+from .counter_names import proxy_resolver as proxy_resolver
+from .counter_names import wg_counter as wg_counter
+from .counter_names import wg_resolver as wg_resolver
 
 ENGINE_PROXY = "proxy"
 ENGINE_WIREGUARD = "wireguard"
 ENGINES = (ENGINE_PROXY, ENGINE_WIREGUARD)
 
-Direction = Literal["uplink", "downlink"]
-UPLINK: Direction = "uplink"
-DOWNLINK: Direction = "downlink"
-
-SEP = ">>>"
-_PROXY_DIRECTIONS: dict[str, Direction] = {"uplink": UPLINK, "downlink": DOWNLINK}
-# Seen from the server: rx is what the peer sent (uplink), tx what it got.
-_WG_DIRECTIONS: dict[str, Direction] = {"rx": UPLINK, "tx": DOWNLINK}
-
 
 class CounterError(ValueError):
     """A counter reading that cannot be a byte count."""
-
-
-@dataclass(frozen=True, slots=True)
-class CounterOwner:
-    """Whose traffic a counter measures, and which way."""
-
-    user_id: str
-    direction: Direction
 
 
 class Delta(NamedTuple):
@@ -160,9 +151,10 @@ class Sample:
     baselines: dict[str, int]
     unattributed: dict[str, int]
     went_down: bool = False
-
-
-Resolver = Callable[[str], CounterOwner | None]
+    # Made by compute_deltas from checked counts: valid by construction, so
+    # validate_sample need not walk its 10,000 deltas and 20,000 baselines again.
+    # (Like every Sample, not to be changed once made.)
+    checked: bool = field(default=False, compare=False, repr=False)
 
 
 # A Delta's fields by position: map() with these stays in C.
@@ -226,60 +218,6 @@ class ResolverMemo:
 def memoized(resolve: Resolver) -> ResolverMemo:
     """``resolve`` with its answers kept (see ResolverMemo)."""
     return resolve if isinstance(resolve, ResolverMemo) else ResolverMemo(resolve)
-
-
-def proxy_counter(email: str, direction: Direction) -> str:
-    """The core's stat name of a user's uplink or downlink counter."""
-    return f"user{SEP}{email}{SEP}traffic{SEP}{direction}"
-
-
-def wg_counter(interface: str, public_key: str, which: Literal["rx", "tx"]) -> str:
-    """Our name of a WireGuard peer's rx or tx byte counter."""
-    return f"wg{SEP}{interface}{SEP}{public_key}{SEP}{which}"
-
-
-def parse_proxy_counter(name: str) -> tuple[str, Direction] | None:
-    """``user>>>EMAIL>>>traffic>>>uplink`` -> (EMAIL, "uplink"); other stats -> None."""
-    parts = name.split(SEP)
-    if len(parts) != 4 or parts[0] != "user" or parts[2] != "traffic":
-        return None
-    direction = _PROXY_DIRECTIONS.get(parts[3])
-    return None if direction is None else (parts[1], direction)
-
-
-def parse_wg_counter(name: str) -> tuple[str, str, Direction] | None:
-    """``wg>>>IFACE>>>KEY>>>rx`` -> (IFACE, KEY, "uplink"); anything else -> None."""
-    parts = name.split(SEP)
-    if len(parts) != 4 or parts[0] != "wg":
-        return None
-    direction = _WG_DIRECTIONS.get(parts[3])
-    return None if direction is None else (parts[1], parts[2], direction)
-
-
-def proxy_resolver(user_by_email: Mapping[str, str]) -> Resolver:
-    """Map core stat names to users through the core-side key, the email."""
-
-    def resolve(name: str) -> CounterOwner | None:
-        parsed = parse_proxy_counter(name)
-        if parsed is None:
-            return None
-        user_id = user_by_email.get(parsed[0])
-        return None if user_id is None else CounterOwner(user_id, parsed[1])
-
-    return resolve
-
-
-def wg_resolver(user_by_peer: Mapping[tuple[str, str], str]) -> Resolver:
-    """Map WireGuard counter names to users through (interface, public key)."""
-
-    def resolve(name: str) -> CounterOwner | None:
-        parsed = parse_wg_counter(name)
-        if parsed is None:
-            return None
-        user_id = user_by_peer.get((parsed[0], parsed[1]))
-        return None if user_id is None else CounterOwner(user_id, parsed[2])
-
-    return resolve
 
 
 def _check_count(kind: str, name: str, value: object) -> int:
@@ -354,7 +292,7 @@ def compute_deltas(
     by_slot = _sum_by(cast("list[int]", slots), moved)
     went_down = not baselines.keys() <= readings.keys()
     deltas = _deltas_by_slot(by_slot, memo.users, engine, epoch)
-    return Sample(engine, epoch, deltas, new_baselines, unattributed, went_down)
+    return Sample(engine, epoch, deltas, new_baselines, unattributed, went_down, checked=True)
 
 
 K = TypeVar("K")
@@ -438,12 +376,14 @@ def _deltas_by_counter(
     ups = [by_owner.get((user, 0), 0) for user in users]
     downs = [by_owner.get((user, 1), 0) for user in users]
     deltas = DeltaColumns(engine, epoch, users, ups, downs)
-    return Sample(engine, epoch, deltas, new_baselines, unattributed, went_down)
+    return Sample(engine, epoch, deltas, new_baselines, unattributed, went_down, checked=True)
 
 
 def validate_sample(sample: Sample) -> None:
     """A sample fit for the journal: its deltas positive and of its engine/epoch,
     its baselines byte counts (CounterError otherwise)."""
+    if sample.checked:
+        return
     engine, epoch = sample.engine, sample.epoch
     deltas = sample.deltas
     # The checks in C first (10,000 deltas a sample); the loop names the culprit.

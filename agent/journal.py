@@ -141,6 +141,9 @@ class Journal:
     ) -> tuple[int, int]:
         return await self._run(self._store.commit_sample, sample, sampled_at_ms, epoch_marker)
 
+    async def checkpoint(self) -> int:
+        return await self._run(self._store.checkpoint)
+
     # outbox
     async def pending(self, after_seq: int, limit: int) -> list[PendingDelta]:
         return await self._run(self._store.pending, after_seq, limit)

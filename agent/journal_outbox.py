@@ -35,7 +35,6 @@ from edgeward.agent.journal_schema import (
     JournalError,
     OutboxRow,
     insert_outbox_runs,
-    insert_outbox_set,
     unpack,
 )
 
@@ -224,19 +223,6 @@ class OutboxTables:
             .execute("SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM outbox_sets")
             .fetchone()[0]
         )
-
-    def _append_outbox(
-        self,
-        conn: sqlite3.Connection,
-        first_seq: int,
-        sampled_at_ms: int,
-        streams: list[int],
-        uplinks: list[int],
-        downlinks: list[int],
-    ) -> None:
-        """A sample's deltas as one set (inside commit_sample's transaction)."""
-        if streams:
-            insert_outbox_set(conn, first_seq, sampled_at_ms, streams, uplinks, downlinks)
 
     def _stale_streams(self) -> list[int]:
         # Streams of epochs that are over; current ones stay interned.

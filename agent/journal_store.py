@@ -33,6 +33,7 @@ from edgeward.agent.journal_records import StoredDesired, StreamKey
 from edgeward.agent.journal_schema import (
     JournalError,
     JournalFullError,
+    insert_outbox_set,
     open_connection,
     pack_counts,
     pack_ids,
@@ -123,6 +124,15 @@ class JournalStore(OutboxTables, EnforcementTables):
                 conn.execute("ROLLBACK")
             raise
 
+    def checkpoint(self) -> int:
+        """Fold the WAL back into the journal file (PASSIVE: never waits for a
+        reader). Returns the WAL frames now in the file."""
+        try:
+            _, _, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise JournalError(self.path, f"checkpoint failed: {exc}") from exc
+        return max(done, 0)
+
     # ------------------------------------------------------------ counters
 
     def current_epoch(self, engine: str) -> str | None:
@@ -158,7 +168,7 @@ class JournalStore(OutboxTables, EnforcementTables):
         new_epoch = self._epochs.get(engine) != epoch
         old = {} if new_epoch else self._baselines.get(engine, {})
         new = dict(sample.baselines)
-        if 0 in new.values():
+        if not sample.checked and 0 in new.values():
             new = {name: value for name, value in new.items() if value}
         # An idle round (nothing moved) leaves the stored set as it is.
         write_baselines = new_epoch or new != old
@@ -247,7 +257,8 @@ class JournalStore(OutboxTables, EnforcementTables):
                             new_streams[user] = stream
                         stream_ids[at] = stream
             try:
-                self._append_outbox(conn, first, sampled_at_ms, stream_ids, uplinks, downlinks)  # type: ignore[arg-type]
+                if users:  # the sample's deltas: one outbox row
+                    insert_outbox_set(conn, first, sampled_at_ms, stream_ids, uplinks, downlinks)  # type: ignore[arg-type]
             except (OverflowError, TypeError) as e:
                 raise CounterError(f"a delta of {engine} is not a uint64 byte count: {e}") from None
             charged = self._lease_users.intersection(users)

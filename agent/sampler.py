@@ -67,7 +67,7 @@ from .deltas import (
     wg_counter,
     wg_resolver,
 )
-from .journal import Journal, JournalFullError
+from .journal import Journal, JournalError, JournalFullError
 from .model import DesiredState
 from .wireguard import WireGuard, WireGuardError
 
@@ -222,6 +222,12 @@ class Sampler:
                 # Nothing committed, baselines unchanged: the next round that can
                 # commit picks up every byte since. Keep serving.
                 log.error("sample not journalled: %s", e)
+            try:
+                # Between rounds, not inside the next round's commit (see
+                # journal_schema.WAL_BACKSTOP_PAGES).
+                await self.journal.checkpoint()
+            except JournalError as e:
+                log.warning("journal checkpoint failed (retried next round): %s", e)
             await trio.sleep_until(started + self.interval)
 
     async def sample_once(self) -> RoundReport:

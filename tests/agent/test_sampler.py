@@ -5,6 +5,7 @@ test_sampler_wg.py): epochs, skipped engines, refused counters."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass
 
 import pytest
@@ -358,3 +359,32 @@ async def test_negative_wg_counters_are_refused_and_nothing_is_committed(tmp_pat
             await journal.outbox_stats(),
             await journal.baselines(ENGINE_WIREGUARD, "1"),
         ) == before
+
+
+async def test_the_run_loop_folds_each_round_into_the_journal_file(tmp_path):
+    """Between rounds, the loop checkpoints: the journal file itself (without
+    its -wal) already holds every round, so no later round's commit pays for
+    SQLite's automatic checkpoint."""
+    core = StubCore()
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal:
+        s = sampler(journal, core)
+        s.interval = 0.05
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(s.run)
+                for n in range(1, 4):
+                    core.counters = {UP: 100 * n}
+                    while s.rounds < n:
+                        await trio.sleep(0.01)
+                while s.rounds < 4:  # round 4 starts after round 3's checkpoint
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        copy = tmp_path / "file-only.db"
+        copy.write_bytes(path.read_bytes())  # the main file, not its -wal
+        conn = sqlite3.connect(copy)
+        try:
+            rows = conn.execute("SELECT sum(uplink) FROM outbox_sets").fetchone()[0]
+        finally:
+            conn.close()
+        assert rows == (await journal.outbox_stats()).uplink == 300

@@ -252,6 +252,7 @@ def compute_deltas(
     engine: str,
     epoch: str,
     resolve: Resolver,
+    baselines_checked: bool = False,
 ) -> Sample:
     """Deltas of one engine's counters against its baselines.
 
@@ -262,7 +263,8 @@ def compute_deltas(
     tells that a counter fell below its baseline or vanished (for the proxy core,
     a restart its uptime did not show): a caller may then start a new epoch.
     """
-    _check_counts("baseline", baselines)
+    if not baselines_checked:  # True for the journal's own: checked when stored, no zeros
+        _check_counts("baseline", baselines)
     _check_counts("counter", readings)
     new_baselines = dict(readings)
     if 0 in new_baselines.values():
@@ -273,7 +275,8 @@ def compute_deltas(
     # step is one pass in C (map, compress, zip, dict) rather than a Python loop
     # per counter: ~4x faster when every user moved.
     names = list(readings)
-    moved = list(map(sub, readings.values(), map(baselines.get, names, repeat(0))))
+    previous = list(map(baselines.get, names, repeat(0)))
+    moved = list(map(sub, readings.values(), previous))
     if moved and min(moved) < 0:
         # A counter went down (a reset): the rare case, counted one by one.
         return _deltas_by_counter(baselines, readings, new_baselines, engine, epoch, memo)
@@ -290,7 +293,10 @@ def compute_deltas(
         owned = list(map(is_not, slots, repeat(None)))
         slots, moved = list(compress(slots, owned)), list(compress(moved, owned))
     by_slot = _sum_by(cast("list[int]", slots), moved)
-    went_down = not baselines.keys() <= readings.keys()
+    if baselines_checked:  # no zero baselines: a 0 above is a counter without one
+        went_down = len(previous) - previous.count(0) < len(baselines)  # one vanished
+    else:
+        went_down = not baselines.keys() <= readings.keys()
     deltas = _deltas_by_slot(by_slot, memo.users, engine, epoch)
     return Sample(engine, epoch, deltas, new_baselines, unattributed, went_down, checked=True)
 

@@ -261,7 +261,7 @@ class JournalStore(OutboxTables, EnforcementTables):
                     insert_outbox_set(conn, first, sampled_at_ms, stream_ids, uplinks, downlinks)  # type: ignore[arg-type]
             except (OverflowError, TypeError) as e:
                 raise CounterError(f"a delta of {engine} is not a uint64 byte count: {e}") from None
-            charged = self._lease_users.intersection(users)
+            charged = self._lease_users.intersection(users) if self._lease_users else ()
             if charged:
                 charges: dict[str, int] = {}
                 for user, up, down in zip(users, uplinks, downlinks, strict=True):

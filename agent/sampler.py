@@ -297,6 +297,7 @@ class Sampler:
             engine=ENGINE_PROXY,
             epoch=current if current is not None else next_epoch(None),
             resolve=resolve,
+            baselines_checked=True,  # the journal's, checked when it stored them
         )
         try:
             uptime, arrived = await uptime_after.result()

@@ -2,11 +2,12 @@
 
 10,000 users, every one of them moving traffic in every sample, one sample
 every 10 s (8,640 samples a day): the worst case for the outbox. Prints
-bytes/day of outbox growth without compaction, the steady size with
-compaction after every sample, the bytes written to disk per day (WAL frames:
+bytes/day of outbox growth without compaction (one packed row per sample),
+the steady size with compaction after every sample, the bytes written to disk per day (WAL frames:
 baselines are rewritten every sample), and ratios against two baselines
-measured in the same run: the same rows in a naive outbox layout (user id,
-engine and epoch spelled out in each row) and the uncompacted journal.
+measured in the same run: the same deltas in a naive outbox layout (a row per
+delta, user id, engine and epoch spelled out in each) and the uncompacted
+journal.
 
     .venv/bin/python bench/journal_size.py [--users 10000] [--samples 20]
 """
@@ -150,13 +151,13 @@ def main() -> None:
     print(f"{args.users} users, all active, 1 sample / 10 s = {SAMPLES_PER_DAY} samples/day")
     print(f"measured over {args.samples} samples (seed {seed})")
     print()
-    print("without compaction (outbox grows one row per user per sample):")
-    print(f"  bytes/row on disk           {row:8.1f}   (naive layout: {naive_row:.1f})")
+    print("without compaction (outbox grows one delta per user per sample, one row per sample):")
+    print(f"  bytes/delta on disk         {row:8.1f}   (naive, a row per delta: {naive_row:.1f})")
     print(f"  growth per sample           {mb(plain['growth_per_sample'])}")
     print(f"  growth per day              {mb(per_day)}")
-    print(f"  rows per day                {args.users * SAMPLES_PER_DAY:,}")
-    print("with compaction after every sample (one row per user per epoch):")
-    print(f"  steady size                 {mb(packed['size'])}  ({packed['rows']:,} outbox rows)")
+    print(f"  deltas per day              {args.users * SAMPLES_PER_DAY:,}")
+    print("with compaction after every sample (one delta per user per epoch):")
+    print(f"  steady size                 {mb(packed['size'])}  ({packed['rows']:,} outbox deltas)")
     print(f"  growth per day              {mb(0)} after the first sample (size does not grow)")
     print()
     print(
@@ -173,7 +174,7 @@ def main() -> None:
     print()
     day_uncompacted = plain["size"] + plain["growth_per_sample"] * (SAMPLES_PER_DAY - args.samples)
     print("ratios (same run):")
-    print(f"  interned rows / naive rows          {row / naive_row:.2f}")
+    print(f"  packed deltas / naive rows          {row / naive_row:.2f}")
     print(f"  compacted size / uncompacted, 1 day {packed['size'] / day_uncompacted:.5f}")
     print(
         f"  compact time / commit time          {packed['compact_ms'] / plain['commit_ms']:.2f}"

@@ -175,15 +175,17 @@ class JournalStore(OutboxTables, EnforcementTables):
         # The same counters as stored (the usual round): only their counts are
         # rewritten, in the stored order; the ids (160 KB at 10,000 users) stay.
         order = self._stored_order.get(engine)
+        counts = b""
         same_names = (
-            write_baselines and not new_epoch and order is not None and new.keys() == old.keys()
+            write_baselines and not new_epoch and order is not None and len(new) == len(old)
         )
         try:
-            if not write_baselines:
-                counts = b""
-            elif same_names:
-                counts = pack_counts(map(new.__getitem__, order))  # type: ignore[arg-type]
-            else:
+            if same_names:
+                try:  # as many names, and every stored one among them: the same names
+                    counts = pack_counts(map(new.__getitem__, order))  # type: ignore[arg-type]
+                except KeyError:
+                    same_names = False
+            if write_baselines and not same_names:
                 counts = pack_counts(new.values())
         except (OverflowError, TypeError) as e:
             raise CounterError(f"a baseline of {engine} is not a uint64 byte count: {e}") from None

@@ -360,7 +360,7 @@ def main() -> None:
         )
     print("goal: ratio <= 2x (median over cycles of agent cycle / the bare reads around it)")
     print(f"agent process RSS at {args.users} users: {rss:.1f} MB (peak {hwm:.1f} MB; goal <= 80)")
-    print(f"outbox rows journalled: {agent['outbox_rows']}")
+    print(f"outbox deltas journalled: {agent['outbox_rows']}")
 
 
 if __name__ == "__main__":

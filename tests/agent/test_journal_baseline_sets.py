@@ -255,8 +255,17 @@ async def test_a_round_over_the_same_counters_rewrites_only_their_counts(tmp_pat
         fourth = {name: value + 1 for name, value in third.items()}
         await commit(journal, fourth, 4)
         assert await journal.baselines(ENGINE_PROXY, "1") == fourth
+        ids = stored_row()[0]
+        # as many counters, but one replaced by another: the ids are written again
+        fifth = {name: value + 1 for name, value in fourth.items() if name != up(0)}
+        fifth[up(8)] = 6
+        assert len(fifth) == len(fourth)
+        await commit(journal, fifth, 5)
+        assert stored_row()[0] != ids
+        assert await journal.baselines(ENGINE_PROXY, "1") == fifth
     async with open_journal(path) as journal:
-        assert await journal.baselines(ENGINE_PROXY, "1") == fourth
+        assert await journal.baselines(ENGINE_PROXY, "1") == fifth
         totals = await journal.outbox_totals()
-        assert totals[("user-0", ENGINE_PROXY, "1")] == (100 + 7 + 1, 900 + 7 + 1)
-        assert totals[("user-9", ENGINE_PROXY, "1")] == (4 + 1, 0)
+        assert totals[("user-0", ENGINE_PROXY, "1")] == (100 + 7 + 1, 900 + 7 + 1 + 1)
+        assert totals[("user-9", ENGINE_PROXY, "1")] == (4 + 1 + 1, 0)
+        assert totals[("user-8", ENGINE_PROXY, "1")] == (6, 0)

@@ -24,6 +24,7 @@ from edgeward.agent.journal import (
     JournalFullError,
     open_journal,
 )
+from tests.support.old_journal import build_old_journal
 
 USERS = 400
 RESOLVE = proxy_resolver({f"u{i}@x": f"user-{i}" for i in range(USERS)})
@@ -164,10 +165,9 @@ async def test_leftover_of_an_interrupted_creation_is_rebuilt(tmp_path):
 
 def build_v1(path: Path) -> None:
     """A journal as the first schema version wrote it, with data in it."""
-    conn = journal_schema.connect(path)
-    conn.execute("PRAGMA journal_mode = WAL")
-    journal_schema.migrate(conn, path, target=1)
-    conn.executescript(
+    build_old_journal(
+        path,
+        1,
         """
         BEGIN;
         UPDATE seqs SET high = 7, acked = 5, handed_out = 6;
@@ -180,10 +180,8 @@ def build_v1(path: Path) -> None:
         INSERT INTO outbox VALUES (6, 1, 100, 200, 11), (7, 1, 50, 0, 12);
         INSERT INTO desired VALUES (1, 12, x'0802');
         COMMIT;
-        """
+        """,
     )
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-    conn.close()
 
 
 async def test_upgrade_from_schema_1_keeps_everything(tmp_path):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from edgeward.agent import journal_schema
 from edgeward.agent.deltas import (
     DOWNLINK,
     ENGINE_PROXY,
@@ -20,6 +19,7 @@ from edgeward.agent.deltas import (
     proxy_resolver,
 )
 from edgeward.agent.journal import Journal, JournalError, open_journal
+from tests.support.old_journal import build_old_journal
 
 EMAILS = {f"u{i}@x": f"user-{i}" for i in range(4)}
 RESOLVE = proxy_resolver(EMAILS)
@@ -129,10 +129,9 @@ async def test_a_damaged_outbox_row_is_a_clear_error_and_is_not_read_as_nothing(
 def build_v4(path: Path) -> None:
     """A schema-4 journal with an outbox of one row per delta: two consecutive
     seqs of one sample, one of another sample, and one after a gap (compacted)."""
-    conn = journal_schema.connect(path)
-    conn.execute("PRAGMA journal_mode = WAL")
-    journal_schema.migrate(conn, path, target=4)
-    conn.executescript(
+    build_old_journal(
+        path,
+        4,
         """
         BEGIN;
         UPDATE seqs SET high = 12, acked = 6, handed_out = 8;
@@ -141,10 +140,8 @@ def build_v4(path: Path) -> None:
         INSERT INTO outbox VALUES (7, 1, 100, 200, 50), (8, 2, 5, 0, 50),
             (9, 1, 7, 7, 60), (12, 2, 1, 1, 60);
         COMMIT;
-        """
+        """,
     )
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
-    conn.close()
 
 
 async def test_schema_4_outbox_becomes_rows_per_run_and_nothing_changes_for_central(tmp_path):

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import add, is_not, itemgetter, lshift, rshift, sub
-from typing import NamedTuple, TypeVar, cast, overload
+from typing import NamedTuple, cast, overload
 
 from .counter_names import DOWNLINK as DOWNLINK
 from .counter_names import SEP as SEP
@@ -301,10 +301,7 @@ def compute_deltas(
     return Sample(engine, epoch, deltas, new_baselines, unattributed, went_down, checked=True)
 
 
-K = TypeVar("K")
-
-
-def _sum_by(keys: list[K], amounts: list[int]) -> dict[K, int]:
+def _sum_by(keys: list[int], amounts: list[int]) -> dict[int, int]:
     """key -> the sum of its amounts. In C when no key repeats (one counter per
     user and direction, the usual case); a user with several credentials or
     peers has several counters per direction, summed here one by one."""

@@ -252,14 +252,18 @@ class OutboxTables:
 
     def outbox_totals(self) -> dict[StreamKey, tuple[int, int]]:
         """(user, engine, epoch) -> (uplink, downlink) summed over the outbox."""
-        sums: dict[int, tuple[int, int]] = {}
-        seq = 0
+        keys = self._keys()
+        sums: dict[StreamKey, tuple[int, int]] = {}
         for found in self._sets(self._conn):
-            seq = found.first_seq
+            unknown = set(found.streams) - keys.keys()
+            if unknown:  # raises, naming the first such delta
+                at = min(map(found.streams.index, unknown))
+                self._key(found.streams[at], found.first_seq + at)
             for stream, up, down in zip(found.streams, found.uplinks, found.downlinks, strict=True):
-                old_up, old_down = sums.get(stream, (0, 0))
-                sums[stream] = (old_up + up, old_down + down)
-        return {self._key(stream, seq): total for stream, total in sums.items()}
+                key = keys[stream]
+                old_up, old_down = sums.get(key, (0, 0))
+                sums[key] = (old_up + up, old_down + down)
+        return sums
 
     def _outbox_bytes(self, users: Iterable[str]) -> dict[str, int]:
         """user -> bytes (up + down) of theirs still in the outbox, for `users`."""

@@ -156,8 +156,7 @@ def _outbox_into_sets(conn: sqlite3.Connection) -> None:
     a sampling cycle at 10,000 users; one row of three packed columns is ~1 ms.
     Rows central already acknowledged are deleted with the ack, so none should
     be left; any would not be sent again, so they are not carried."""
-    for statement in _statements(OUTBOX_SETS + ";"):
-        conn.execute(statement)
+    conn.execute(OUTBOX_SETS)
     (acked,) = conn.execute("SELECT acked FROM seqs").fetchone()
     rows = conn.execute(
         "SELECT seq, stream, uplink, downlink, sampled_at_ms FROM outbox WHERE seq > ? "

@@ -25,6 +25,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import cast
 
 from edgeward.agent.deltas import CounterError, Sample, delta_columns, validate_sample
 from edgeward.agent.journal_enforcement import EnforcementTables
@@ -260,7 +261,8 @@ class JournalStore(OutboxTables, EnforcementTables):
                         stream_ids[at] = stream
             try:
                 if users:  # the sample's deltas: one outbox row
-                    insert_outbox_set(conn, first, sampled_at_ms, stream_ids, uplinks, downlinks)  # type: ignore[arg-type]
+                    filled = cast("list[int]", stream_ids)  # every one set above
+                    insert_outbox_set(conn, first, sampled_at_ms, filled, uplinks, downlinks)
             except (OverflowError, TypeError) as e:
                 raise CounterError(f"a delta of {engine} is not a uint64 byte count: {e}") from None
             charged = self._lease_users.intersection(users) if self._lease_users else ()

@@ -112,6 +112,12 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _core_skipped(e: CoreUnavailable | CoreCallError) -> EngineRound:
+    if isinstance(e, CoreUnavailable):
+        return EngineRound(ENGINE_PROXY, skipped=str(e))
+    return EngineRound(ENGINE_PROXY, skipped=f"the core refused a stats call: {e}")
+
+
 def proxy_owners(desired: DesiredState) -> dict[str, str]:
     """email -> user for every credential in the desired state, suspended users
     included: traffic on their still-open connections is theirs."""
@@ -282,10 +288,8 @@ class Sampler:
                 before = await core.sys_stats()
                 tracker.observe(before.uptime, trio.current_time(), self.wall_ms())
             readings, uptime_after = await core.read_counters(PROXY_STATS_PATTERN)
-        except CoreUnavailable as e:
-            return EngineRound(ENGINE_PROXY, skipped=str(e))
-        except CoreCallError as e:
-            return EngineRound(ENGINE_PROXY, skipped=f"the core refused a stats call: {e}")
+        except (CoreUnavailable, CoreCallError) as e:
+            return _core_skipped(e)
         resolve = self._resolver(ENGINE_PROXY, desired, lambda d: proxy_resolver(proxy_owners(d)))
         # Computed while the core answers the uptime after the reading, against
         # the stored epoch: what the uptime almost always confirms (redone below
@@ -301,10 +305,8 @@ class Sampler:
         )
         try:
             uptime, arrived = await uptime_after.result()
-        except CoreUnavailable as e:
-            return EngineRound(ENGINE_PROXY, skipped=str(e))
-        except CoreCallError as e:
-            return EngineRound(ENGINE_PROXY, skipped=f"the core refused a stats call: {e}")
+        except (CoreUnavailable, CoreCallError) as e:
+            return _core_skipped(e)
         # Observed as of when the reply arrived (the core's start is reckoned
         # from it), not when the computation above let us look.
         arrived_wall_ms = self.wall_ms() - round((trio.current_time() - arrived) * 1000)
@@ -312,17 +314,13 @@ class Sampler:
             return EngineRound(ENGINE_PROXY, skipped="the core restarted since the last reading")
         assert tracker.known is not None
         same = current is not None and stored_marker == tracker.known.id
-        if same or current is None:
-            sample = guess  # current is None: the guess was already a first epoch's
-        else:
-            sample = compute_deltas(
-                {}, readings, engine=ENGINE_PROXY, epoch=next_epoch(current), resolve=resolve
-            )
-        if sample.went_down:
+        if same and guess.went_down:
             # The core's counters only go down when it restarts (they outlive a
             # user's removal): a restart too quick for the uptime to show.
             tracker.force_new(uptime, arrived, arrived_wall_ms)
             same = False
+        sample = guess  # current is None: the guess was already a first epoch's
+        if not same and current is not None:  # a new life: counted from zero
             sample = compute_deltas(
                 {}, readings, engine=ENGINE_PROXY, epoch=next_epoch(current), resolve=resolve
             )
@@ -377,6 +375,7 @@ class Sampler:
             engine=ENGINE_WIREGUARD,
             epoch=epoch,
             resolve=self._resolver(ENGINE_WIREGUARD, desired, lambda d: wg_resolver(wg_owners(d))),
+            baselines_checked=True,  # the journal's (or carried from them)
         )
         result = await self._commit(
             sample, now_ms, json.dumps(tokens, sort_keys=True), new_epoch=new_epoch

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeward.agent import journal_schema
 from edgeward.agent.deltas import (
     DOWNLINK,
     ENGINE_PROXY,
@@ -165,3 +166,22 @@ async def test_schema_4_outbox_becomes_rows_per_run_and_nothing_changes_for_cent
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
     assert "outbox" not in tables and "outbox_sets" in tables
+
+
+async def test_an_outbox_row_naming_an_unknown_stream_is_damage_not_skipped(tmp_path):
+    path = tmp_path / "j.db"
+    async with open_journal(path) as journal:
+        await step(journal, 1)
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "UPDATE outbox_sets SET streams = ? WHERE first_seq = 1",
+        (journal_schema.pack_ids([1, 2, 99, 4]),),
+    )
+    conn.commit()
+    conn.close()
+    async with open_journal(path) as journal:
+        for read in (lambda: journal.pending(0, 100), journal.outbox_totals):
+            with pytest.raises(JournalError) as info:
+                await read()
+            assert str(info.value).endswith("damaged: outbox seq 3 names unknown stream 99")
+        assert (await journal.outbox_stats()).rows == 4  # nothing dropped
